@@ -1,0 +1,217 @@
+"""The `gatepost` command line: parses arguments, calls the components, prints.
+
+It holds no logic of its own: loading and checking are `topology`'s, queue
+state is the `store`'s, message building is `submit`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from gatepost import runner, submit, views
+from gatepost.store import SqliteStore
+from gatepost.topology import (
+    AddressError,
+    Native,
+    Topology,
+    TopologyError,
+    check,
+    describe_route,
+    load,
+    native_str,
+    parse,
+)
+from gatepost.topology import diagram as drawing
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_CONFIG = "gatepost.toml"
+
+
+def config_option(command: F) -> F:
+    """-c/--config, accepted before or after the command name."""
+    return click.option(
+        "-c", "--config", "config", type=click.Path(path_type=Path), default=None,
+        help=f"Topology file (default: {DEFAULT_CONFIG}).",
+    )(command)
+
+
+@click.group()
+@config_option
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """gatepost: postoffices, a router and SMTP gateways sharing one store."""
+    ctx.obj = config
+
+
+def config_path(config: Path | None) -> Path:
+    parent = click.get_current_context().find_root().obj
+    return config or parent or Path(DEFAULT_CONFIG)
+
+
+def topology(config: Path | None) -> Topology:
+    """Load the topology, or print every problem and exit 2."""
+    try:
+        return load(config_path(config))
+    except TopologyError as error:
+        for problem in error.problems:
+            click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
+
+
+def open_store(topo: Topology) -> SqliteStore:
+    return SqliteStore(Path(topo.store.removeprefix("sqlite:")))
+
+
+def address(topo: Topology, text: str) -> Native | str:
+    try:
+        return parse(topo, text)
+    except AddressError as error:
+        raise click.BadParameter(str(error)) from error
+
+
+@main.command("check")
+@config_option
+def check_command(config: Path | None) -> None:
+    """Validate the topology file; exit 0 when valid, 2 when not."""
+    path = config_path(config)
+    topo, errors, warnings = check(path)
+    for problem in errors:
+        click.echo(f"error: {problem}", err=True)
+    for problem in warnings:
+        click.echo(f"warning: {problem}", err=True)
+    if errors or topo is None:
+        sys.exit(2)
+    click.echo(
+        f"{path}: ok: network {topo.name}, {len(topo.postoffices)} postoffices, "
+        f"{len(topo.gateways)} gateways"
+    )
+
+
+@main.command("run")
+@config_option
+@click.option("--only", "only", default=None, metavar="ROLE[,ROLE...]",
+              help="Run only these roles: router, gateway:NAME, capture.")
+@click.option("--guide", is_flag=True, help="Print where to point a client and what to try.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
+def run_command(config: Path | None, only: str | None, guide: bool, verbose: bool) -> None:
+    """Run the topology (all roles, or --only some) until SIGTERM or Ctrl-C."""
+    topo = topology(config)
+    try:
+        roles = runner.parse_roles(topo, only)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--only") from error
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+        format="%(asctime)s gatepost[%(process)d] %(name)s: %(message)s",
+    )
+    announce = views.guide(topo, config_path(config)) if guide else views.ready
+    runner.run(topo, roles, announce)
+
+
+@main.command("send")
+@config_option
+@click.option("--from", "sender", required=True, help="A local mailbox (NET/PO/MAILBOX or SMTP).")
+@click.option("--to", "recipients", required=True, multiple=True, help="Recipient; repeatable.")
+@click.option("--subject", default="", help="Subject line.")
+@click.option("--body", default=None, help="Message text.")
+@click.option("--body-file", type=click.File("r"), default=None, help="Read the text from a file.")
+def send_command(config: Path | None, sender: str, recipients: tuple[str, ...],
+                 subject: str, body: str | None, body_file: Any) -> None:
+    """Submit a message from a local mailbox; prints its queue id."""
+    topo = topology(config)
+    origin = address(topo, sender)
+    if not isinstance(origin, Native):
+        raise click.BadParameter(f"{sender} is not a mailbox of {topo.name}", param_hint="--from")
+    targets = [address(topo, r) for r in recipients]
+    text = body if body is not None else (body_file or sys.stdin).read()
+    message = submit.compose(topo, origin, targets, subject, text, time.time())
+    store = open_store(topo)
+    try:
+        click.echo(store.enqueue([message], time.time())[0])
+    finally:
+        store.close()
+
+
+@main.command("mailbox")
+@config_option
+@click.argument("mailbox")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--show", "show", type=int, default=None, metavar="ID", help="Print one raw message.")
+def mailbox_command(config: Path | None, mailbox: str, as_json: bool, show: int | None) -> None:
+    """List a mailbox, or print one message with --show ID."""
+    topo = topology(config)
+    owner = address(topo, mailbox)
+    if not isinstance(owner, Native):
+        raise click.BadParameter(f"{mailbox} is not a mailbox of {topo.name}")
+    store = open_store(topo)
+    try:
+        if show is not None:
+            content = store.mailbox_content(owner.key, show)
+            if content is None:
+                raise click.ClickException(f"no message {show} in {native_str(topo, owner)}")
+            sys.stdout.buffer.write(content)
+            return
+        rows = views.mailbox_rows(store, owner.key)
+    finally:
+        store.close()
+    click.echo(json.dumps(rows, indent=2) if as_json else views.mailbox_table(rows))
+
+
+@main.command("mailq")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def mailq_command(config: Path | None, as_json: bool) -> None:
+    """What is queued: where it waits, its state, attempts and next attempt."""
+    store = open_store(topology(config))
+    try:
+        entries = store.queue()
+    finally:
+        store.close()
+    rows = views.queue_rows(entries)
+    click.echo(json.dumps(rows, indent=2) if as_json else views.queue_table(rows))
+
+
+@main.command("route")
+@config_option
+@click.argument("recipient")
+@click.option("--from", "sender", default=None, help="Sender (decides the outbound gateway).")
+def route_command(config: Path | None, recipient: str, sender: str | None) -> None:
+    """The path a message would take, postoffice by postoffice."""
+    topo = topology(config)
+    target = address(topo, recipient)
+    origin = address(topo, sender) if sender else None
+    start = origin.postoffice if isinstance(origin, Native) else views.first_receiver_po(topo)
+    for line in describe_route(topo, target, start):
+        click.echo(line)
+
+
+@main.command("trace")
+@config_option
+@click.argument("queue_id")
+def trace_command(config: Path | None, queue_id: str) -> None:
+    """The hops a message actually took, with times."""
+    store = open_store(topology(config))
+    try:
+        hops = store.hops(queue_id)
+    finally:
+        store.close()
+    if not hops:
+        raise click.ClickException(f"no message with queue id {queue_id}")
+    click.echo(views.trace_table(hops))
+
+
+@main.command("diagram")
+@config_option
+@click.option("--format", "fmt", type=click.Choice(["text", "svg"]), default="text")
+def diagram_command(config: Path | None, fmt: str) -> None:
+    """Draw the topology as text (100 columns) or SVG."""
+    topo = topology(config)
+    click.echo(drawing.text(topo) if fmt == "text" else drawing.svg(topo), nl=False)

@@ -1,0 +1,48 @@
+"""Builds the delivery status notifications the router and send side enqueue.
+
+It maps the sender to where the report must go (a local mailbox or back out
+through a gateway) and asks `policy` for the report itself. No I/O.
+"""
+
+from __future__ import annotations
+
+from gatepost import policy
+from gatepost.store import Job, NewMessage, NewRecipient
+from gatepost.topology import Native, Topology, UnknownMailbox, lookup, to_smtp
+
+
+def report(
+    topo: Topology, job: Job, failures: list[policy.Failure], original: bytes, now: float
+) -> NewMessage | None:
+    """The DSN for `failures` of one message, or None when the sender is <>
+    (a report about a report would loop)."""
+    if not job.sender:
+        return None
+    try:
+        native = lookup(topo, job.sender)
+    except UnknownMailbox:
+        native = None
+    where = job.location
+    postmaster = postmaster_address(topo, where)
+    content = policy.dsn(mta_name(topo, where), postmaster, job.sender, failures, original, now)
+    recipient = NewRecipient(job.sender, native.key if native else None)
+    return NewMessage(
+        sender="",
+        recipients=(recipient,),
+        content=content,
+        location=where,
+        origin=where,
+        received_by="bounce",
+    )
+
+
+def mta_name(topo: Topology, postoffice: str) -> str:
+    domains = topo.postoffices[postoffice].domains or topo.domains
+    return domains[0] if domains else f"{postoffice.lower()}.{topo.name.lower()}"
+
+
+def postmaster_address(topo: Topology, postoffice: str) -> str:
+    try:
+        return to_smtp(topo, Native(postoffice, "postmaster"))
+    except ValueError:
+        return f"postmaster@{mta_name(topo, postoffice)}"

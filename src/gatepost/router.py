@@ -1,0 +1,123 @@
+"""The router (External): moves each recipient from postoffice to postoffice.
+
+It claims router jobs from the store, walks them along the shortest path
+over links to their mailbox (and delivers there) or to the gateway
+postoffice of the gateway serving their origin (and hands them to that
+gateway's send queue). Every hop is one recorded outcome. It never speaks SMTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from gatepost import notify, policy
+from gatepost.store import (
+    ROUTER,
+    AsyncStore,
+    Bounced,
+    Delivered,
+    Job,
+    Moved,
+    NewMessage,
+    Outcome,
+    send_queue,
+)
+from gatepost.topology import NoRoute, Topology, outbound_gateway, path
+
+log = logging.getLogger("gatepost.router")
+
+BATCH = 512
+POLL = 0.25  # seconds between scans when nothing woke us
+
+
+def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome]:
+    """Every hop of one job from where it waits to where the router lets go of it."""
+    if job.mailbox is not None:
+        postoffice, mailbox = job.mailbox.split("/", 1)
+        if postoffice not in topo.postoffices or mailbox not in topo.postoffices[postoffice].mailboxes:
+            return [Bounced(job, "550 5.1.1 mailbox no longer exists in the topology")]
+        target, last = postoffice, ROUTER
+    else:
+        gateway = outbound_gateway(topo, job.origin, alive)
+        target, last = gateway.postoffice, send_queue(gateway.name)
+    try:
+        hops = path(topo, job.location, target)[1:]
+    except NoRoute:
+        return [Bounced(job, f"554 5.4.4 no route from {job.location} to {target}")]
+    outcomes: list[Outcome] = [Moved(job, hop, ROUTER) for hop in hops]
+    if job.mailbox is not None:
+        return [*outcomes, Delivered(job)]
+    return [*outcomes, Moved(job, target, last)]
+
+
+class Router:
+    def __init__(
+        self,
+        topo: Topology,
+        store: AsyncStore,
+        alive: Callable[[str], bool] = lambda gateway: True,
+        wake_send: Callable[[str], None] = lambda gateway: None,
+    ) -> None:
+        self.topo = topo
+        self.store = store
+        self.alive = alive
+        self.wake_send = wake_send
+        self.owner = f"router:{os.getpid()}"
+        self.wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            if not await self.step():
+                await wait_any(self.wakeup, stop, POLL)
+                self.wakeup.clear()
+
+    async def step(self) -> int:
+        """Route one batch; returns how many jobs it handled."""
+        now = time.time()
+        jobs = await self.store.claim(ROUTER, self.owner, BATCH, policy.LEASE, now)
+        if not jobs:
+            return 0
+        outcomes = [o for job in jobs for o in plan(self.topo, job, self.alive)]
+        reports = await self.reports(outcomes, now)
+        await self.store.complete(outcomes, now, reports)
+        self.log(outcomes)
+        for queue in {o.queue for o in outcomes if isinstance(o, Moved) and o.queue != ROUTER}:
+            self.wake_send(queue.removeprefix("send:"))
+        return len(jobs)
+
+    async def reports(self, outcomes: list[Outcome], now: float) -> list[NewMessage]:
+        reports = []
+        for o in outcomes:
+            if isinstance(o, Bounced):
+                status = policy.status_of(int(o.reply[:3]), o.reply[4:])
+                failure = policy.Failure(o.job.address, status, f"x-gatepost; {o.reply}")
+                original = await self.store.content(o.job.message_id)
+                dsn = notify.report(self.topo, o.job, [failure], original, now)
+                reports += [dsn] if dsn else []
+        return reports
+
+    def log(self, outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            job = o.job
+            if isinstance(o, Moved):
+                log.info("%s: moved to=<%s> postoffice=%s queue=%s",
+                         job.message_id, job.address, o.to, o.queue)
+            elif isinstance(o, Delivered):
+                log.info("%s: delivered to=<%s> mailbox=%s", job.message_id, job.address, job.mailbox)
+            elif isinstance(o, Bounced):
+                log.info("%s: bounced to=<%s> %s", job.message_id, job.address, o.reply)
+
+
+async def wait_any(wakeup: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
+    """Sleep until woken, stopped, or the poll interval passes."""
+    waits = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stop.wait())]
+    _, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()

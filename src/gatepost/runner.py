@@ -1,0 +1,105 @@
+"""`gatepost run`: starts the roles of a topology in one asyncio process.
+
+Roles: "router", "gateway:NAME" (its receive and/or send side, as its role
+says) and "capture". Every role talks to the others only through the store;
+in-process wake-ups are hints, the periodic scans guarantee progress.
+SIGTERM and SIGINT stop accepting, finish what is in flight, and return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from gatepost.capture import Capture
+from gatepost.receive import ReceiveSide
+from gatepost.router import Router
+from gatepost.send import SendSide
+from gatepost.store import AsyncStore, open_store
+from gatepost.topology import Topology
+
+log = logging.getLogger("gatepost.run")
+
+
+def all_roles(topo: Topology) -> list[str]:
+    roles = ["router", *(f"gateway:{name}" for name in topo.gateways)]
+    return roles + (["capture"] if topo.capture else [])
+
+
+def parse_roles(topo: Topology, text: str | None) -> list[str]:
+    """The roles named by --only (comma-separated), or all of them."""
+    known = all_roles(topo)
+    if not text:
+        return known
+    roles = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in roles if r not in known]
+    if unknown:
+        raise ValueError(f"unknown role {', '.join(unknown)}; this topology has: {', '.join(known)}")
+    return roles
+
+
+@dataclass
+class Running:
+    """What one process runs: servers to close and loops to await."""
+
+    stoppers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    loops: list[Awaitable[None]] = field(default_factory=list)
+    listening: list[str] = field(default_factory=list)
+
+
+async def start(topo: Topology, roles: list[str], store: AsyncStore, stop: asyncio.Event) -> Running:
+    running = Running()
+    senders = {
+        name: SendSide(topo, gw, store)
+        for name, gw in topo.gateways.items()
+        if gw.sends and f"gateway:{name}" in roles
+    }
+    router = Router(topo, store, wake_send=lambda g: senders[g].wake() if g in senders else None)
+    if "router" in roles:
+        running.loops.append(router.run(stop))
+    if "capture" in roles and topo.capture:
+        capture = Capture(topo.capture.listen.host, topo.capture.listen.port, topo.capture.dir)
+        await capture.start()
+        running.stoppers.append(capture.stop)
+        running.listening.append(f"capture smart host on {topo.capture.listen}")
+    for name, gw in topo.gateways.items():
+        if f"gateway:{name}" in roles and gw.receives:
+            receive = ReceiveSide(topo, gw, store, wake_router=router.wake)
+            await receive.start()
+            running.stoppers.append(receive.stop)
+            running.listening.append(f"gateway {name} receive side on {receive.address}")
+    running.loops += [side.run(stop) for side in senders.values()]
+    return running
+
+
+async def serve(topo: Topology, roles: list[str], announce: Callable[[list[str]], None]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    store = AsyncStore(lambda: open_store(topo.store))
+    try:
+        running = await start(topo, roles, store, stop)
+        announce(running.listening)
+        tasks = [asyncio.ensure_future(job) for job in running.loops]
+        await stop.wait()
+        log.info("stopping: no new connections, finishing what is in flight")
+        for stopper in running.stoppers:
+            await stopper()
+        await asyncio.gather(*tasks)
+    finally:
+        with contextlib.suppress(Exception):
+            await store.aclose()
+
+
+def run(topo: Topology, roles: list[str], announce: Callable[[list[str]], None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency; fall back if absent
+        asyncio.run(serve(topo, roles, announce))
+    else:
+        uvloop.run(serve(topo, roles, announce))

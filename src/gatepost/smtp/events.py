@@ -1,0 +1,135 @@
+"""SMTP commands, replies and events shared by the server and client cores.
+
+Pure data: frozen, slotted dataclasses. No parsing state, no I/O.
+A server core turns received bytes into these commands; a client core
+turns these commands into bytes. Replies travel the other way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class _Sentinel(Enum):
+    NEED_DATA = "NEED_DATA"
+
+
+NEED_DATA = _Sentinel.NEED_DATA
+"""next_event() returns this when more bytes must be received first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply. `lines` holds the text of each line, enhanced code included."""
+
+    code: int
+    lines: tuple[str, ...] = ("",)
+
+    @classmethod
+    def of(cls, code: int, *lines: str) -> Reply:
+        return cls(code, lines or ("",))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def is_positive(self) -> bool:
+        return self.code < 400
+
+    @property
+    def is_transient(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return self.code >= 500
+
+    def to_bytes(self) -> bytes:
+        last = len(self.lines) - 1
+        return b"".join(
+            f"{self.code}{' ' if i == last else '-'}{line}\r\n".encode("utf-8")
+            for i, line in enumerate(self.lines)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ehlo:
+    """EHLO (esmtp=True) or HELO (esmtp=False)."""
+
+    domain: str
+    esmtp: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """MAIL FROM. sender is "" for the null reverse path <>."""
+
+    sender: str
+    size: int | None = None
+    body: str | None = None  # "7BIT" | "8BITMIME" when given
+    smtputf8: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rcpt:
+    recipient: str
+
+
+@dataclass(frozen=True, slots=True)
+class Data:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """The message content of one DATA transaction: unstuffed, CRLF line ends,
+    without the terminating <CRLF>.<CRLF> (content ends with CRLF unless empty)."""
+
+    content: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Rset:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Noop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed the connection, or the core ended the session (after QUIT
+    or a 421); the shell flushes data_to_send() and closes the socket."""
+
+
+Command = Ehlo | Mail | Rcpt | Data | Message | Rset | Noop | Quit
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """Client side: the reply the server gave to one command we sent."""
+
+    command: Command
+    reply: Reply
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol in a way that ends the session; `reply` is
+    what to send (server side) before closing, when there is one."""
+
+    def __init__(self, message: str, reply: Reply | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class LocalProtocolError(Exception):
+    """Our own code used a core out of order (a bug in the shell, not the peer)."""

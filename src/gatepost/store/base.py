@@ -1,0 +1,194 @@
+"""The store's interface: what every store implementation provides.
+
+The store is the only code that writes mail state. It decides no policy:
+callers say where a recipient goes next and when it is retried.
+
+Mail state is per recipient ("job"): one row per (message, recipient), with
+the postoffice it waits in (`location`), the worker queue that handles it
+next (`queue`: "router" or "send:<GATEWAY>"), and its state:
+incoming → active → (delivered | deferred → active … | bounced), plus hold.
+`active` is a lease: owner and expiry; an expired lease is claimable again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+STATES = ("incoming", "active", "deferred", "hold", "delivered", "bounced")
+ROUTER = "router"
+
+
+def send_queue(gateway: str) -> str:
+    return f"send:{gateway}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecipient:
+    address: str  # as the envelope says it (SMTP form), or native "NET/PO/MAILBOX"
+    mailbox: str | None  # "PO/mailbox" when local, None when foreign
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    sender: str  # SMTP reverse path; "" is the null sender
+    recipients: tuple[NewRecipient, ...]
+    content: bytes = field(repr=False)
+    location: str  # postoffice where it enters the network
+    origin: str  # postoffice whose gateway group carries its outbound mail
+    received_by: str  # "gateway:GW1", "cli", "bounce"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One recipient of one message, as claimed by a worker."""
+
+    message_id: str
+    rcpt_id: int
+    sender: str
+    address: str
+    mailbox: str | None
+    location: str
+    origin: str
+    queue: str
+    attempts: int
+    created: float  # when the message was enqueued (epoch seconds)
+    first_attempt: float | None
+    size: int
+    owner: str = ""  # lease owner that claimed it; lets Released skip a job re-leased elsewhere
+
+
+# Outcomes a worker reports for claimed jobs; `Store.complete` applies them.
+@dataclass(frozen=True, slots=True)
+class Moved:
+    job: Job
+    to: str  # postoffice it moves to (one hop)
+    queue: str  # who handles it there
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    job: Job
+    relay: str = ""  # smart host, or "" for a mailbox delivery
+    reply: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    job: Job
+    retry_at: float
+    reply: str
+    relay: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Bounced:
+    job: Job
+    reply: str
+    relay: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Released:
+    """Give the job back unchanged (shutdown): claimable again at once."""
+
+    job: Job
+
+
+Outcome = Moved | Delivered | Deferred | Bounced | Released
+
+
+@dataclass(frozen=True, slots=True)
+class QueueEntry:
+    message_id: str
+    rcpt_id: int
+    sender: str
+    address: str
+    location: str
+    queue: str
+    state: str
+    attempts: int
+    next_attempt: float | None
+    created: float
+    size: int
+    last_reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxEntry:
+    entry_id: int
+    message_id: str
+    sender: str
+    delivered: float
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    message_id: str
+    rcpt_id: int
+    address: str
+    at: float
+    event: str  # "received", "moved", "delivered", "deferred", "bounced", ...
+    postoffice: str  # where it happened (to, for a move)
+    detail: str
+
+
+class Store(Protocol):
+    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[str]:
+        """Store messages in one transaction, durable (fsync'ed) on return.
+        Every recipient starts `incoming` in queue "router" at the message's
+        location. Returns the new queue ids, in order."""
+        ...
+
+    def claim(self, queue: str, owner: str, limit: int, lease: float, now: float) -> list[Job]:
+        """Lease up to `limit` claimable jobs of `queue`: incoming, deferred
+        with retry time reached, or active with an expired lease. Oldest first."""
+        ...
+
+    def complete(
+        self, outcomes: Sequence[Outcome], now: float, new: Sequence[NewMessage] = ()
+    ) -> list[str]:
+        """Apply outcomes (and enqueue `new` messages, e.g. bounces) in one
+        transaction; returns the ids of `new`. Outcomes for jobs whose lease
+        this owner no longer holds are still applied (deliver twice rather
+        than lose)."""
+        ...
+
+    def content(self, message_id: str) -> bytes: ...
+
+    def queue(self, states: Sequence[str] = (), limit: int = 1000) -> list[QueueEntry]:
+        """Jobs not yet final (or in `states`), oldest first."""
+        ...
+
+    def mailbox(self, mailbox: str) -> list[MailboxEntry]:
+        """Mail delivered to "PO/mailbox", oldest first."""
+        ...
+
+    def mailbox_content(self, mailbox: str, entry_id: int) -> bytes | None: ...
+
+    def hops(self, message_id: str) -> list[Hop]: ...
+
+    def set_state(self, message_ids: Sequence[str], state: str, now: float) -> int:
+        """Admin action on every recipient of the messages; returns rows changed.
+        "hold": non-final jobs → hold (never claimed); "release": hold → incoming;
+        "flush": deferred → due now; "delete": remove non-final jobs, and the
+        message itself once no job or mailbox entry refers to it."""
+        ...
+
+    def counts(self) -> dict[str, int]:
+        """Number of jobs in each of STATES (zero included)."""
+        ...
+
+    def pending(self, queue: str, now: float | None = None) -> int:
+        """Jobs of `queue` that are claimable at `now` (default: the clock) or
+        active (leased)."""
+        ...
+
+    def purge(self, before: float) -> int:
+        """Forget final (delivered/bounced) jobs last changed before `before`,
+        and messages nothing refers to any more; returns jobs removed."""
+        ...
+
+    def close(self) -> None: ...

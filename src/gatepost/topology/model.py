@@ -1,0 +1,86 @@
+"""The topology as loaded: postoffices, links, gateways, capture sink.
+
+Pure data, validated by `topology.load`; nothing here reads files.
+Postoffice and mailbox names keep the case written in the file; lookups
+of mailboxes and domains are case-insensitive (stored lower-case).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Role = Literal["both", "send", "receive"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Postoffice:
+    name: str
+    domains: tuple[str, ...]  # lower-case; the first is written on outbound mail
+    mailboxes: tuple[str, ...]  # lower-case
+    links: tuple[str, ...]  # both directions, already made symmetric by the loader
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    name: str
+    postoffice: str
+    role: Role
+    listen: HostPort | None
+    smarthost: HostPort | None
+    serves: tuple[str, ...]
+    relay_from: tuple[IPNetwork, ...]
+
+    @property
+    def sends(self) -> bool:
+        return self.role in ("both", "send")
+
+    @property
+    def receives(self) -> bool:
+        return self.role in ("both", "receive")
+
+
+@dataclass(frozen=True, slots=True)
+class Capture:
+    listen: HostPort
+    dir: Path  # absolute
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    name: str
+    domains: tuple[str, ...]  # org-wide domains, lower-case
+    store: str  # "sqlite:/absolute/path.db"
+    postoffices: dict[str, Postoffice]  # in file order
+    gateways: dict[str, Gateway]  # in file order
+    capture: Capture | None
+    source: Path  # the file it came from, absolute
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One finding about a topology file: the key path and what is wrong."""
+
+    key: str  # e.g. "gateways.GW1.serves[1]"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+class TopologyError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems

@@ -1,0 +1,129 @@
+"""What the CLI prints: rows and plain-text tables built from store records.
+
+Pure formatting; the only parsing is of stored headers for mailbox listings.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gatepost.store import Hop, QueueEntry, SqliteStore
+from gatepost.topology import Topology
+
+Row = dict[str, Any]
+
+
+def stamp(when: float | None) -> str:
+    return "-" if when is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
+
+
+def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
+    lines = [header, *rows]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines
+    )
+
+
+def mailbox_rows(store: SqliteStore, mailbox: str) -> list[Row]:
+    parser = email.parser.BytesHeaderParser(policy=email.policy.default)
+    rows = []
+    for entry in store.mailbox(mailbox):
+        content = store.mailbox_content(mailbox, entry.entry_id) or b""
+        headers = parser.parsebytes(content)
+        rows.append({
+            "id": entry.entry_id,
+            "queue_id": entry.message_id,
+            "from": str(headers.get("From", entry.sender)),
+            "to": str(headers.get("To", "")),
+            "subject": str(headers.get("Subject", "")),
+            "date": str(headers.get("Date", stamp(entry.delivered))),
+            "delivered": stamp(entry.delivered),
+            "size": entry.size,
+        })
+    return rows
+
+
+def mailbox_table(rows: list[Row]) -> str:
+    if not rows:
+        return "(empty)"
+    body = [[str(r["id"]), r["delivered"], r["from"], r["subject"], str(r["size"])] for r in rows]
+    return table(body, ["ID", "DELIVERED", "FROM", "SUBJECT", "SIZE"])
+
+
+def queue_rows(entries: list[QueueEntry]) -> list[Row]:
+    return [
+        {
+            "id": e.message_id, "recipient": e.address, "sender": e.sender,
+            "postoffice": e.location, "queue": e.queue, "state": e.state,
+            "attempts": e.attempts, "next_attempt": stamp(e.next_attempt),
+            "arrived": stamp(e.created), "size": e.size, "last_reply": e.last_reply,
+        }
+        for e in entries
+    ]
+
+
+def queue_table(rows: list[Row]) -> str:
+    if not rows:
+        return "Mail queue is empty"
+    body = [
+        [r["id"], r["state"], r["postoffice"], r["queue"], str(r["attempts"]),
+         r["next_attempt"], r["recipient"], r["last_reply"][:40]]
+        for r in rows
+    ]
+    header = ["QUEUE ID", "STATE", "WAITS IN", "QUEUE", "TRIES", "NEXT", "RECIPIENT", "LAST REPLY"]
+    return table(body, header) + f"\n-- {len(rows)} recipients queued"
+
+
+def trace_table(hops: list[Hop]) -> str:
+    body = [[stamp(h.at), h.address, h.event, h.postoffice, h.detail] for h in hops]
+    return table(body, ["TIME", "RECIPIENT", "EVENT", "POSTOFFICE", "DETAIL"])
+
+
+def first_receiver_po(topo: Topology) -> str:
+    """Where mail from outside enters when no sender is given."""
+    for gateway in topo.gateways.values():
+        if gateway.receives:
+            return gateway.postoffice
+    return next(iter(topo.postoffices))
+
+
+def ready(listening: list[str]) -> None:
+    for line in listening:
+        click.echo(f"gatepost: {line}", err=True)
+    click.echo("gatepost: ready", err=True)
+
+
+def guide(topo: Topology, config: Path) -> Any:
+    """An announce callback that also tells a newcomer what to try."""
+
+    def announce(listening: list[str]) -> None:
+        ready(listening)
+        receiver = next((g for g in topo.gateways.values() if g.receives and g.listen), None)
+        po = next(iter(topo.postoffices.values()))
+        mailbox = f"{po.mailboxes[0]}@{po.domains[0]}" if po.domains and po.mailboxes else "..."
+        lines = [
+            "",
+            f"gatepost is running {topo.name} from {config}. Try, in another terminal:",
+        ]
+        if receiver and receiver.listen:
+            lines.append(f"  swaks --server {receiver.listen} --to {mailbox}")
+        c = f"-c {config}"
+        lines += [
+            f"  .venv/bin/gatepost {c} mailbox {mailbox}",
+            f"  .venv/bin/gatepost {c} send --from {mailbox} --to someone@example.org "
+            "--subject hello --body hi",
+            f"  .venv/bin/gatepost {c} mailq",
+            f"  .venv/bin/gatepost {c} diagram",
+            "Stop with Ctrl-C.",
+        ]
+        click.echo("\n".join(lines), err=True)
+
+    return announce
