@@ -8,12 +8,21 @@ of mailboxes and domains are case-insensitive (stored lower-case).
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 Role = Literal["both", "send", "receive"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
+def valid_domain(text: str) -> bool:
+    """RFC 1035 host name syntax (letters, digits, hyphens; labels up to 63)."""
+    if not text or len(text) > 253:
+        return False
+    return all(LABEL.fullmatch(label) for label in text.lower().split("."))
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +32,32 @@ class HostPort:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str) -> HostPort:
+        """Parse "127.0.0.1:25", "localhost:25", "[::1]:25"; ValueError otherwise."""
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected host:port")
+        if host.startswith("[") and host.endswith("]"):
+            host = str(ipaddress.IPv6Address(host[1:-1]))
+        elif not (_is_ipv4(host) or _is_hostname(host)):
+            raise ValueError(f"bad host {host!r}")
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ValueError(f"bad port {port_text!r} (0-65535)")
+        return cls(host.lower(), int(port_text))
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_hostname(text: str) -> bool:
+    return valid_domain(text) and not text.replace(".", "").isdigit()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,488 @@
+"""Read a topology TOML file, validate it, and build a `Topology`.
+
+Every problem is collected (never the first one only) as a `Problem` with
+the key path it concerns; `check` returns errors and warnings, `load` raises
+`TopologyError` when there is any error. Reading the one file is the only
+I/O here: no sockets, no store, no knowledge of how mail is moved.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from gatepost.topology.model import (
+    Capture,
+    Gateway,
+    HostPort,
+    IPNetwork,
+    Postoffice,
+    Problem,
+    Role,
+    Topology,
+    TopologyError,
+    valid_domain,
+)
+from gatepost.topology.routes import NoRoute, path
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,15}")
+MAILBOX = re.compile(r"[A-Za-z0-9._+-]{1,64}")
+ROLES: tuple[Role, ...] = ("both", "send", "receive")
+FILE = "<file>"
+Table = dict[str, Any]
+
+TOP_KEYS = ("network", "postoffices", "gateways", "capture")
+NETWORK_KEYS = ("name", "domains", "store")
+PO_KEYS = ("domains", "mailboxes", "links")
+GW_KEYS = ("postoffice", "role", "listen", "smarthost", "serves", "relay_from")
+CAPTURE_KEYS = ("listen", "dir")
+
+
+def load(path: Path) -> Topology:
+    """The topology in `path`; TopologyError listing every error otherwise."""
+    topo, errors, _warnings = check(path)
+    if topo is None:
+        raise TopologyError(errors)
+    return topo
+
+
+def check(path: Path) -> tuple[Topology | None, list[Problem], list[Problem]]:
+    """(topology or None when there are errors, errors, warnings)."""
+    findings = _Findings()
+    raw = _read(path, findings)
+    if raw is None:
+        return None, findings.errors, findings.warnings
+    topo = _Builder(path.resolve(), findings).build(raw)
+    if findings.errors:
+        return None, findings.errors, findings.warnings
+    return topo, findings.errors, findings.warnings
+
+
+@dataclass
+class _Findings:
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    def error(self, key: str, message: str) -> None:
+        self.errors.append(Problem(key, message))
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(Problem(key, message))
+
+    def error_once(self, key: str, message: str) -> None:
+        """An error, unless `key` already has one (a bad value is not also missing)."""
+        if all(p.key != key for p in self.errors):
+            self.error(key, message)
+
+
+def _read(path: Path, findings: _Findings) -> Table | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        findings.error(FILE, f"cannot read {path}: {exc}")
+        return None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        findings.error(FILE, f"TOML syntax error in {path}: {exc}")
+        return None
+
+
+# ---- field readers: each reports its own type errors -------------------------
+
+
+def _table(f: _Findings, value: object, key: str) -> Table | None:
+    if not isinstance(value, dict):
+        f.error(key, "must be a table")
+        return None
+    return cast(Table, value)
+
+
+def _only(f: _Findings, table: Table, allowed: Iterable[str], prefix: str) -> None:
+    known = set(allowed)
+    for name in table:
+        if name not in known:
+            f.error(_join(prefix, name), f"unknown key (expected one of: {', '.join(allowed)})")
+
+
+def _string(f: _Findings, table: Table, name: str, prefix: str) -> str | None:
+    value = table.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        f.error(_join(prefix, name), "must be a string")
+        return None
+    return value
+
+
+def _strings(f: _Findings, table: Table, name: str, prefix: str) -> list[tuple[str, str]]:
+    """The string items of list `name` as (key path, value); bad items reported."""
+    key = _join(prefix, name)
+    value = table.get(name, [])
+    if not isinstance(value, list):
+        f.error(key, "must be a list of strings")
+        return []
+    items: list[tuple[str, str]] = []
+    for index, item in enumerate(value):
+        if isinstance(item, str):
+            items.append((f"{key}[{index}]", item))
+        else:
+            f.error(f"{key}[{index}]", "must be a string")
+    return items
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _resolve(base: Path, text: str) -> Path:
+    return (base / Path(text).expanduser()).resolve()
+
+
+# ---- the builder ----------------------------------------------------------------
+
+
+class _Builder:
+    """Turns the parsed TOML into model objects, then checks them as a whole."""
+
+    def __init__(self, source: Path, findings: _Findings) -> None:
+        self.source = source
+        self.base = source.parent
+        self.f = findings
+        self.domain_owner: dict[str, str] = {}  # domain -> "network" or "postoffice X"
+
+    def build(self, raw: Table) -> Topology | None:
+        _only(self.f, raw, TOP_KEYS, "")
+        network = self._network(raw.get("network"))
+        postoffices = self._postoffices(raw.get("postoffices"), network is not None)
+        gateways = self._gateways(raw.get("gateways"), postoffices)
+        capture = self._capture(raw.get("capture"))
+        if network is None:
+            return None
+        name, domains, store = network
+        topo = Topology(name, domains, store, postoffices, gateways, capture, self.source)
+        _Crosscheck(topo, self.f).run()
+        return topo
+
+    # [network]
+    def _network(self, value: object) -> tuple[str, tuple[str, ...], str] | None:
+        if value is None:
+            self.f.error("network", "missing [network] table")
+            return None
+        table = _table(self.f, value, "network")
+        if table is None:
+            return None
+        _only(self.f, table, NETWORK_KEYS, "network")
+        name = _string(self.f, table, "name", "network")
+        if name is None:
+            if "name" not in table:
+                self.f.error("network.name", "missing network name")
+            return None
+        if not NAME.fullmatch(name):
+            self.f.error("network.name", _bad_name(name))
+        domains = self._domains(table, "network", "network")
+        store = self._store(_string(self.f, table, "store", "network"), name)
+        return name, domains, store
+
+    def _store(self, text: str | None, name: str) -> str:
+        text = f"sqlite:var/{name.lower()}.db" if text is None else text
+        if not text.startswith("sqlite:") or text == "sqlite:":
+            self.f.error("network.store", f"store {text!r} must be a URL like sqlite:var/x.db")
+            return text
+        return "sqlite:" + str(_resolve(self.base, text.removeprefix("sqlite:")))
+
+    def _domains(self, table: Table, prefix: str, owner: str) -> tuple[str, ...]:
+        domains: list[str] = []
+        for key, text in _strings(self.f, table, "domains", prefix):
+            domain = text.lower()
+            if not valid_domain(domain):
+                self.f.error(key, f"bad domain syntax {text!r}")
+            elif domain in self.domain_owner:
+                self.f.error(key, f"domain {domain} already belongs to {self.domain_owner[domain]}")
+            else:
+                self.domain_owner[domain] = owner
+                domains.append(domain)
+        return tuple(domains)
+
+    # [postoffices.X]
+    def _postoffices(self, value: object, has_network: bool) -> dict[str, Postoffice]:
+        if value is None:
+            self.f.error("postoffices", "no postoffices defined")
+            return {}
+        table = _table(self.f, value, "postoffices")
+        if table is None:
+            return {}
+        found: dict[str, Postoffice] = {}
+        seen: dict[str, str] = {}
+        for name, body in table.items():
+            key = f"postoffices.{name}"
+            if not self._unique_name(name, key, seen, "postoffice"):
+                continue
+            po = self._postoffice(name, body, key)
+            if po is not None:
+                found[name] = po
+        links = self._links(table, found)
+        return {n: Postoffice(p.name, p.domains, p.mailboxes, links[n]) for n, p in found.items()}
+
+    def _unique_name(self, name: str, key: str, seen: dict[str, str], kind: str) -> bool:
+        if not NAME.fullmatch(name):
+            self.f.error(key, _bad_name(name))
+            return False
+        if name.lower() in seen:
+            other = seen[name.lower()]
+            self.f.error(key, f"{kind} name clashes with {other} (names are unique ignoring case)")
+            return False
+        seen[name.lower()] = name
+        return True
+
+    def _postoffice(self, name: str, body: object, key: str) -> Postoffice | None:
+        table = _table(self.f, body, key)
+        if table is None:
+            return None
+        _only(self.f, table, PO_KEYS, key)
+        domains = self._domains(table, key, f"postoffice {name}")
+        mailboxes: list[str] = []
+        for item_key, text in _strings(self.f, table, "mailboxes", key):
+            mailbox = text.lower()
+            if not MAILBOX.fullmatch(text):
+                self.f.error(item_key, f"bad mailbox name {text!r} (letters, digits . _ - +; 1-64)")
+            elif mailbox in mailboxes:
+                self.f.error(item_key, f"mailbox {mailbox} listed twice")
+            else:
+                mailboxes.append(mailbox)
+        return Postoffice(name, domains, tuple(mailboxes), ())
+
+    def _links(self, table: Table, found: dict[str, Postoffice]) -> dict[str, tuple[str, ...]]:
+        """Symmetric links, each postoffice's neighbours in file order."""
+        pairs: set[tuple[str, str]] = set()
+        for name in found:
+            body = cast(Table, table[name])
+            for key, other in _strings(self.f, body, "links", f"postoffices.{name}"):
+                if self._known_po(key, other, found) and other == name:
+                    self.f.error(key, "a postoffice cannot link to itself")
+                elif other in found:
+                    pairs |= {(name, other), (other, name)}
+        order = list(found)
+        return {n: tuple(o for o in order if (n, o) in pairs) for n in order}
+
+    def _known_po(self, key: str, name: str, found: dict[str, Postoffice]) -> bool:
+        if name in found:
+            return True
+        hint = [po for po in found if po.lower() == name.lower()]
+        extra = f" (did you mean {hint[0]!r}? names are case-sensitive)" if hint else ""
+        self.f.error(key, f"unknown postoffice {name!r}{extra}")
+        return False
+
+    # [gateways.X]
+    def _gateways(self, value: object, pos: dict[str, Postoffice]) -> dict[str, Gateway]:
+        table = {} if value is None else _table(self.f, value, "gateways")
+        found: dict[str, Gateway] = {}
+        seen: dict[str, str] = {}
+        for name, body in (table or {}).items():
+            key = f"gateways.{name}"
+            if self._unique_name(name, key, seen, "gateway"):
+                gateway = self._gateway(name, body, key, pos)
+                if gateway is not None:
+                    found[name] = gateway
+        return found
+
+    def _gateway(
+        self, name: str, body: object, key: str, pos: dict[str, Postoffice]
+    ) -> Gateway | None:
+        table = _table(self.f, body, key)
+        if table is None:
+            return None
+        _only(self.f, table, GW_KEYS, key)
+        postoffice = _string(self.f, table, "postoffice", key)
+        if postoffice is None and "postoffice" not in table:
+            self.f.error(f"{key}.postoffice", "missing: the gateway postoffice")
+        elif postoffice is not None and not self._known_po(f"{key}.postoffice", postoffice, pos):
+            postoffice = None
+        role = self._role(_string(self.f, table, "role", key), key)
+        listen = self._hostport(table, "listen", key)
+        smarthost = self._hostport(table, "smarthost", key)
+        serves = tuple(
+            v for k, v in _strings(self.f, table, "serves", key) if self._known_po(k, v, pos)
+        )
+        relay = self._relay_from(table, key)
+        if postoffice is None or role is None:
+            return None
+        return Gateway(name, postoffice, role, listen, smarthost, serves, relay)
+
+    def _role(self, text: str | None, key: str) -> Role | None:
+        if text is None:
+            return "both"
+        for role in ROLES:
+            if text == role:
+                return role
+        self.f.error(f"{key}.role", f"role {text!r} must be one of: both, send, receive")
+        return None
+
+    def _hostport(self, table: Table, name: str, prefix: str) -> HostPort | None:
+        text = _string(self.f, table, name, prefix)
+        if text is None:
+            return None
+        try:
+            return HostPort.parse(text)
+        except ValueError as exc:
+            self.f.error(_join(prefix, name), f"bad host:port {text!r}: {exc}")
+            return None
+
+    def _relay_from(self, table: Table, prefix: str) -> tuple[IPNetwork, ...]:
+        networks: list[IPNetwork] = []
+        for key, text in _strings(self.f, table, "relay_from", prefix):
+            try:
+                networks.append(ipaddress.ip_network(text, strict=True))
+            except ValueError as exc:
+                self.f.error(key, f"bad CIDR {text!r}: {exc}")
+        return tuple(networks)
+
+    # [capture]
+    def _capture(self, value: object) -> Capture | None:
+        table = None if value is None else _table(self.f, value, "capture")
+        if table is None:
+            return None
+        _only(self.f, table, CAPTURE_KEYS, "capture")
+        listen = self._hostport(table, "listen", "capture")
+        if listen is None and "listen" not in table:
+            self.f.error("capture.listen", "missing: the address the capture sink listens on")
+        folder = _string(self.f, table, "dir", "capture") or "var/captured"
+        return None if listen is None else Capture(listen, _resolve(self.base, folder))
+
+
+def _bad_name(name: str) -> str:
+    return f"bad name {name!r} (letters, digits, _ and -; at most 16; starts with letter/digit)"
+
+
+class _Crosscheck:
+    """Checks that need the whole topology: reachability, clashes, coverage."""
+
+    def __init__(self, topo: Topology, findings: _Findings) -> None:
+        self.topo = topo
+        self.f = findings
+
+    def run(self) -> None:
+        self._mailbox_clashes()
+        self._postoffice_warnings()
+        self._gateway_roles()
+        self._shared_gateway_postoffices()
+        self._listen_clashes()
+        self._coverage()
+        self._inbound_reach()
+
+    def _mailbox_clashes(self) -> None:
+        if not self.topo.domains:
+            return
+        owner: dict[str, str] = {}
+        for po in self.topo.postoffices.values():
+            for index, mailbox in enumerate(po.mailboxes):
+                if mailbox != "postmaster" and mailbox in owner:
+                    self.f.error(
+                        f"postoffices.{po.name}.mailboxes[{index}]",
+                        f"mailbox {mailbox} also exists in postoffice {owner[mailbox]}: "
+                        f"ambiguous under network domain {self.topo.domains[0]}",
+                    )
+                owner.setdefault(mailbox, po.name)
+
+    def _postoffice_warnings(self) -> None:
+        for po in self.topo.postoffices.values():
+            key = f"postoffices.{po.name}"
+            if not po.domains and not self.topo.domains:
+                self.f.warn(
+                    f"{key}.domains", "no domain here or on the network: SMTP cannot reach it"
+                )
+            if "postmaster" not in po.mailboxes:
+                self.f.warn(f"{key}.mailboxes", "no postmaster mailbox (bounces to <> map to it)")
+
+    def _gateway_roles(self) -> None:
+        for gw in self.topo.gateways.values():
+            key = f"gateways.{gw.name}"
+            if gw.sends and gw.smarthost is None:
+                self.f.error_once(f"{key}.smarthost", f"a {gw.role} gateway needs a smarthost")
+            if gw.receives and gw.listen is None:
+                self.f.error_once(f"{key}.listen", f"a {gw.role} gateway needs a listen address")
+            if not gw.sends and gw.smarthost is not None:
+                self.f.warn(f"{key}.smarthost", "ignored: a receive gateway does not send")
+            if not gw.receives and gw.listen is not None:
+                self.f.warn(f"{key}.listen", "ignored: a send gateway does not receive")
+            if not gw.sends and gw.serves:
+                self.f.warn(f"{key}.serves", "ignored: a receive gateway carries no outbound mail")
+            if gw.sends and gw.receives and gw.listen == gw.smarthost and gw.listen:
+                self.f.error(f"{key}.smarthost", "is this gateway's own listen address (mail loop)")
+
+    def _shared_gateway_postoffices(self) -> None:
+        first: dict[str, str] = {}
+        for gw in self.topo.gateways.values():
+            if gw.postoffice in first:
+                self.f.warn(
+                    f"gateways.{gw.name}.postoffice",
+                    f"postoffice {gw.postoffice} already hosts gateway {first[gw.postoffice]}; "
+                    "give each gateway its own gateway postoffice",
+                )
+            first.setdefault(gw.postoffice, gw.name)
+
+    def _listen_clashes(self) -> None:
+        taken: dict[HostPort, str] = {}
+        for gw in self.topo.gateways.values():
+            if gw.receives and gw.listen is not None:
+                self._claim(taken, gw.listen, f"gateways.{gw.name}.listen")
+        if self.topo.capture is not None:
+            self._claim(taken, self.topo.capture.listen, "capture.listen")
+
+    def _claim(self, taken: dict[HostPort, str], address: HostPort, key: str) -> None:
+        if address.port == 0:
+            return
+        for other, owner in taken.items():
+            if _same_socket(address, other):
+                self.f.error(key, f"listen address {address} is already used by {owner}")
+                break
+        taken.setdefault(address, key)
+
+    def _coverage(self) -> None:
+        served: set[str] = set()
+        for gw in self.topo.gateways.values():
+            if not gw.sends:
+                continue
+            for index, po in enumerate(gw.serves):
+                served.add(po)
+                if not _reachable(self.topo, po, gw.postoffice):
+                    self.f.error(
+                        f"gateways.{gw.name}.serves[{index}]",
+                        f"no route over links from {po} to gateway postoffice {gw.postoffice}",
+                    )
+        for name in self.topo.postoffices:
+            if name not in served:
+                self.f.error(f"postoffices.{name}", "no sending gateway serves it")
+
+    def _inbound_reach(self) -> None:
+        for gw in self.topo.gateways.values():
+            if not gw.receives:
+                continue
+            for name in self.topo.postoffices:
+                if not _reachable(self.topo, gw.postoffice, name):
+                    self.f.error(
+                        f"gateways.{gw.name}.postoffice",
+                        f"no route over links from {gw.postoffice} to {name}: "
+                        "mail received here could not be delivered",
+                    )
+
+
+def _same_socket(a: HostPort, b: HostPort) -> bool:
+    """Would binding both fail? Same port and same host, or either is a wildcard."""
+    hosts = {"localhost": "127.0.0.1"}
+    a_host, b_host = hosts.get(a.host, a.host), hosts.get(b.host, b.host)
+    wildcard = {"0.0.0.0", "::"}
+    return a.port == b.port and (a_host == b_host or bool({a_host, b_host} & wildcard))
+
+
+def _reachable(topo: Topology, src: str, dst: str) -> bool:
+    try:
+        path(topo, src, dst)
+    except NoRoute:
+        return False
+    return True
