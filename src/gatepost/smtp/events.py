@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Final, Literal, TypeAlias
 
 
 class _Sentinel(Enum):
     NEED_DATA = "NEED_DATA"
 
 
-NEED_DATA = _Sentinel.NEED_DATA
+NEED_DATA: Final = _Sentinel.NEED_DATA
 """next_event() returns this when more bytes must be received first."""
+
+NeedData: TypeAlias = Literal[_Sentinel.NEED_DATA]
+"""The type of NEED_DATA, for annotations."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,7 @@ class Reply:
     def to_bytes(self) -> bytes:
         last = len(self.lines) - 1
         return b"".join(
-            f"{self.code}{' ' if i == last else '-'}{line}\r\n".encode("utf-8")
+            f"{self.code}{' ' if i == last else '-'}{line}\r\n".encode()
             for i, line in enumerate(self.lines)
         )
 
@@ -115,10 +119,15 @@ Command = Ehlo | Mail | Rcpt | Data | Message | Rset | Noop | Quit
 
 
 @dataclass(frozen=True, slots=True)
+class Greeting:
+    """Client side: the pseudo-command that the server's opening 220 answers."""
+
+
+@dataclass(frozen=True, slots=True)
 class Response:
     """Client side: the reply the server gave to one command we sent."""
 
-    command: Command
+    command: Command | Greeting
     reply: Reply
 
 

@@ -1,0 +1,161 @@
+"""Sans-I/O SMTP client core: commands to bytes, received bytes to Responses.
+
+Each reply is paired, in order, with the command it answers (the first with the
+pseudo-command Greeting), so a pipelined batch is read back one Response at a
+time. Message content is always sent with CRLF-only line ends and dot-stuffed.
+Must not know sockets, asyncio, the clock, the store, or what a reply code means
+for the queue (that is policy).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+
+from gatepost.smtp.events import (
+    NEED_DATA,
+    Command,
+    ConnectionClosed,
+    Data,
+    Ehlo,
+    Greeting,
+    LocalProtocolError,
+    Mail,
+    Message,
+    NeedData,
+    Noop,
+    ProtocolError,
+    Quit,
+    Rcpt,
+    Reply,
+    Response,
+    Rset,
+)
+
+MAX_REPLY_LINE = 64 * 1024
+_REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?", re.DOTALL)
+
+
+class ClientConnection:
+    """One SMTP session, client side. See the module docstring."""
+
+    def __init__(self) -> None:
+        self.extensions: dict[str, str] = {}  # upper-case EHLO keyword -> parameters
+        self.max_size: int | None = None  # the server's SIZE, when it gave one
+        self._in = bytearray()
+        self._awaiting: deque[Command | Greeting] = deque([Greeting()])
+        self._code: int | None = None  # of the multiline reply being read
+        self._lines: list[str] = []
+        self._eof = False
+        self._closed = False
+
+    def send(self, command: Command) -> bytes:
+        """The bytes to write for `command`; its reply will come back as a Response."""
+        if self._closed:
+            raise LocalProtocolError("the connection is closed")
+        data = serialize(command, self.extensions)
+        self._awaiting.append(command)
+        return data
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed received bytes; b"" means the server closed its side."""
+        if not data:
+            self._eof = True
+        elif not self._eof:
+            self._in += data
+
+    def next_event(self) -> Response | ConnectionClosed | NeedData:
+        while not self._closed:
+            end = self._in.find(b"\n")
+            if end < 0:
+                return self._starved()
+            line = bytes(self._in[:end])
+            del self._in[: end + 1]
+            reply = self._read_line(line[:-1] if line.endswith(b"\r") else line)
+            if reply is not None:
+                return self._pair(reply)
+        return ConnectionClosed()
+
+    def _starved(self) -> ConnectionClosed | NeedData:
+        if len(self._in) > MAX_REPLY_LINE:
+            raise ProtocolError("reply line too long")
+        if self._eof:
+            self._closed = True
+            return ConnectionClosed()
+        return NEED_DATA
+
+    def _read_line(self, line: bytes) -> Reply | None:
+        """Add one reply line; the whole Reply once its last line is read."""
+        match = _REPLY_LINE.fullmatch(line)
+        if match is None:
+            raise ProtocolError(f"malformed reply line: {line[:80]!r}")
+        code = int(match[1])
+        if self._code is not None and code != self._code:
+            raise ProtocolError(f"reply code changed from {self._code} to {code} mid-reply")
+        self._lines.append((match[3] or b"").decode("utf-8", "replace"))
+        if match[2] == b"-":
+            self._code = code
+            return None
+        reply = Reply(code, tuple(self._lines))
+        self._code, self._lines = None, []
+        return reply
+
+    def _pair(self, reply: Reply) -> Response:
+        if not self._awaiting:
+            raise ProtocolError(f"reply {reply.code} answers no command we sent")
+        command = self._awaiting.popleft()
+        if isinstance(command, Ehlo):
+            self._learn_extensions(command, reply)
+        return Response(command, reply)
+
+    def _learn_extensions(self, ehlo: Ehlo, reply: Reply) -> None:
+        self.extensions, self.max_size = {}, None
+        if not ehlo.esmtp or reply.code // 100 != 2:
+            return
+        for line in reply.lines[1:]:
+            keyword, _, params = line.strip().partition(" ")
+            self.extensions[keyword.upper()] = params.strip()
+        size = self.extensions.get("SIZE", "")
+        if size.isascii() and size.isdigit() and int(size) > 0:
+            self.max_size = int(size)
+
+
+def serialize(command: Command, extensions: dict[str, str]) -> bytes:
+    """The wire form of `command`; MAIL parameters only where `extensions` allow."""
+    if isinstance(command, Message):
+        return stuff(command.content) + b".\r\n"
+    return (_command_line(command, extensions) + "\r\n").encode("utf-8")
+
+
+def _command_line(command: Command, extensions: dict[str, str]) -> str:
+    if isinstance(command, Ehlo):
+        return f"{'EHLO' if command.esmtp else 'HELO'} {command.domain}"
+    if isinstance(command, Mail):
+        return f"MAIL FROM:<{command.sender}>{_mail_params(command, extensions)}"
+    if isinstance(command, Rcpt):
+        return f"RCPT TO:<{command.recipient}>"
+    words = {Data: "DATA", Rset: "RSET", Noop: "NOOP", Quit: "QUIT"}
+    return words[type(command)]
+
+
+def _mail_params(mail: Mail, extensions: dict[str, str]) -> str:
+    params = ""
+    if mail.size is not None and "SIZE" in extensions:
+        params += f" SIZE={mail.size}"
+    if mail.body is not None and "8BITMIME" in extensions:
+        params += f" BODY={mail.body}"
+    if mail.smtputf8 and "SMTPUTF8" in extensions:
+        params += " SMTPUTF8"
+    return params
+
+
+def stuff(content: bytes) -> bytes:
+    """`content` with every bare CR or LF made CRLF, a final CRLF, and
+    dot-stuffed (RFC 5321 4.5.2); the ".\\r\\n" terminator is not included."""
+    line_ends = content.count(b"\r\n")
+    if content.count(b"\r") != line_ends or content.count(b"\n") != line_ends:
+        content = content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if content and not content.endswith(b"\r\n"):
+        content += b"\r\n"
+    content = content.replace(b"\r\n.", b"\r\n..")
+    return b"." + content if content[:1] == b"." else content

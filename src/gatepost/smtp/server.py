@@ -1,0 +1,398 @@
+"""Sans-I/O SMTP server core: RFC 5321 with PIPELINING, SIZE, 8BITMIME,
+ENHANCEDSTATUSCODES and SMTPUTF8.
+
+Turns received bytes into events and the shell's replies into bytes. The order of
+commands is the one table _TABLE (state x verb -> state on success, or refusal).
+The core answers everything that needs no decision; Mail, Rcpt and Message wait
+for the shell's send(Reply). Must not know sockets, asyncio, the clock, the store
+or any policy about who may send mail to whom.
+
+Message data ends only at <CRLF>.<CRLF>; bare CR, bare LF or NUL anywhere in it is
+refused after that end (never normalised), closing the SMTP-smuggling hole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import TypeVar
+
+from gatepost.smtp.events import (
+    NEED_DATA,
+    ConnectionClosed,
+    Ehlo,
+    LocalProtocolError,
+    Mail,
+    Message,
+    NeedData,
+    Noop,
+    Quit,
+    Rcpt,
+    Reply,
+    Rset,
+)
+from gatepost.smtp.parse import TOO_BIG, parse_mail, parse_rcpt
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_message_size: int = 35_000_000  # bytes of DATA as sent (dot-stuffed)
+    max_recipients: int = 1000
+    max_line: int = 1000  # a text line in DATA, CRLF included
+    max_command_line: int = 512  # CRLF included
+    max_path: int = 256  # <path>, brackets included, in UTF-8 bytes
+    max_errors: int = 20  # refused commands before 421 and close
+
+
+class State(Enum):
+    START = "start"  # greeting sent, no EHLO/HELO yet
+    READY = "ready"  # after EHLO/HELO, no mail transaction
+    MAIL = "mail"  # MAIL accepted, no recipient accepted yet
+    RCPT = "rcpt"  # at least one recipient accepted
+    DATA = "data"  # reading message content after 354
+    CLOSED = "closed"  # after QUIT, 421 or EOF
+
+
+class Verb(Enum):
+    EHLO = "EHLO"
+    HELO = "HELO"
+    MAIL = "MAIL"
+    RCPT = "RCPT"
+    DATA = "DATA"
+    RSET = "RSET"
+    NOOP = "NOOP"
+    QUIT = "QUIT"
+    VRFY = "VRFY"
+    HELP = "HELP"
+
+
+Event = Ehlo | Mail | Rcpt | Message | Rset | Noop | Quit | ConnectionClosed
+_E = TypeVar("_E", Ehlo, Noop, Quit, Rset)
+
+_R = Reply.of
+OK = _R(250, "2.0.0 Ok")
+BYE = _R(221, "2.0.0 Bye")
+START_DATA = _R(354, "End data with <CR><LF>.<CR><LF>")
+VRFY_REPLY = _R(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
+HELP_REPLY = _R(214, "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT")
+NEED_HELO = _R(503, "5.5.1 Error: send HELO/EHLO first")
+NEED_MAIL = _R(503, "5.5.1 Error: need MAIL command")
+NEED_RCPT = _R(503, "5.5.1 Error: need RCPT command")
+NESTED_MAIL = _R(503, "5.5.1 Error: nested MAIL command")
+NO_RECIPIENTS = _R(554, "5.5.1 Error: no valid recipients")
+TOO_MANY_RECIPIENTS = _R(452, "4.5.3 Error: too many recipients")
+UNRECOGNIZED = _R(500, "5.5.2 Error: command not recognized")
+COMMAND_TOO_LONG = _R(500, "5.5.0 Error: line too long")
+BARE_LF_COMMAND = _R(500, "5.5.2 Error: bare LF in command")
+BAD_CHARACTER = _R(500, "5.5.2 Error: bad character in command")
+SYNTAX_EHLO = _R(501, "5.5.4 Syntax: EHLO hostname")
+SYNTAX_HELO = _R(501, "5.5.4 Syntax: HELO hostname")
+SYNTAX_VRFY = _R(501, "5.5.4 Syntax: VRFY address")
+BARE_CR_LF_DATA = _R(550, "5.6.11 Error: bare CR or LF in message data")
+NUL_DATA = _R(550, "5.6.0 Error: NUL character in message data")
+DATA_LINE_TOO_LONG = _R(552, "5.3.4 Error: line too long")
+MESSAGE_TOO_BIG = TOO_BIG  # "552 5.3.4 Message size exceeds fixed limit"
+
+_S, _V = State, Verb
+
+
+def _anytime(state: State) -> dict[Verb, State | Reply]:
+    """Commands allowed in every open state, and the state they lead to."""
+    after_rset = _S.START if state is _S.START else _S.READY
+    same = {_V.NOOP: state, _V.VRFY: state, _V.HELP: state}
+    return {_V.EHLO: _S.READY, _V.HELO: _S.READY, _V.RSET: after_rset, _V.QUIT: _S.CLOSED, **same}
+
+
+_TABLE: dict[State, dict[Verb, State | Reply]] = {
+    _S.START: {**_anytime(_S.START), _V.MAIL: NEED_HELO, _V.RCPT: NEED_MAIL, _V.DATA: NEED_RCPT},
+    _S.READY: {**_anytime(_S.READY), _V.MAIL: _S.MAIL, _V.RCPT: NEED_MAIL, _V.DATA: NEED_RCPT},
+    _S.MAIL: {**_anytime(_S.MAIL), _V.MAIL: NESTED_MAIL, _V.RCPT: _S.RCPT, _V.DATA: NO_RECIPIENTS},
+    _S.RCPT: {**_anytime(_S.RCPT), _V.MAIL: NESTED_MAIL, _V.RCPT: _S.RCPT, _V.DATA: _S.DATA},
+}
+"""state x verb -> the state once the command succeeds, or the reply refusing it.
+For MAIL and RCPT "succeeds" means the shell answered 2xx; a Message always
+leads back to READY."""
+
+_VERBS = {verb.value: verb for verb in Verb}
+_NO_ARGUMENT = {_V.DATA: "DATA", _V.RSET: "RSET", _V.QUIT: "QUIT"}
+_END_OF_DATA = b"\r\n.\r\n"
+_EMPTY_DATA = b".\r\n"
+
+
+class ServerConnection:
+    """One SMTP session, server side. See the module docstring."""
+
+    def __init__(self, hostname: str, limits: Limits = Limits()) -> None:
+        self.hostname = hostname
+        self.limits = limits
+        self.state = State.START
+        self._in = bytearray()
+        self._out = bytearray(_R(220, f"{hostname} ESMTP gatepost").to_bytes())
+        self._eof = False
+        self._pending: tuple[Verb, State] | None = None
+        self._discarding = False  # inside an over-long command line
+        self._errors = 0
+        self._recipients = 0
+        self._smtputf8 = False
+        self._scan_from = 0  # where to resume searching for the end of data
+        self._oversize = False  # data beyond max_message_size is being drained
+
+    # -- the shell's interface -------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed received bytes; b"" means the peer closed its side."""
+        if not data:
+            self._eof = True
+        elif not self._eof and self.state is not State.CLOSED:
+            self._in += data
+
+    def next_event(self) -> Event | NeedData:
+        if self._pending is not None:
+            raise LocalProtocolError("a Mail, Rcpt or Message awaits send(Reply)")
+        while True:
+            if self.state is State.CLOSED:
+                return ConnectionClosed()
+            data_mode = self.state is State.DATA
+            event = self._read_content() if data_mode else self._read_command()
+            if event is not None:
+                return event
+
+    def send(self, reply: Reply) -> None:
+        """Answer the pending Mail, Rcpt or Message."""
+        if self._pending is None:
+            raise LocalProtocolError("send() with no Mail, Rcpt or Message pending")
+        verb, on_success = self._pending
+        self._pending = None
+        self._out += reply.to_bytes()
+        if reply.code == 421:
+            self.state = State.CLOSED
+        elif verb is Verb.DATA:
+            self._end_transaction()
+        elif 200 <= reply.code < 300:
+            self.state = on_success
+            if verb is Verb.RCPT:
+                self._recipients += 1
+
+    def data_to_send(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    # -- command lines -----------------------------------------------------------
+
+    def _read_command(self) -> Event | NeedData | None:
+        buf = self._in
+        end = buf.find(b"\n")
+        if self._discarding:
+            if end < 0:
+                buf.clear()
+                return self._starved()
+            del buf[: end + 1]
+            self._discarding = False
+            return None
+        if end < 0:
+            if len(buf) < self.limits.max_command_line:
+                return self._starved()
+            buf.clear()
+            self._discarding = True
+            self._refuse(COMMAND_TOO_LONG)
+            return None
+        line = bytes(buf[: end + 1])
+        del buf[: end + 1]
+        if len(line) > self.limits.max_command_line:
+            self._refuse(COMMAND_TOO_LONG)
+            return None
+        return self._command(line)
+
+    def _starved(self) -> ConnectionClosed | NeedData:
+        if self._eof:
+            self.state = State.CLOSED
+            return ConnectionClosed()
+        return NEED_DATA
+
+    def _command(self, line: bytes) -> Event | None:
+        if not line.endswith(b"\r\n"):
+            self._refuse(BARE_LF_COMMAND)
+            return None
+        raw = line[:-2]
+        if b"\r" in raw or b"\0" in raw:
+            self._refuse(BAD_CHARACTER)
+            return None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self._refuse(BAD_CHARACTER)
+            return None
+        name, _, argument = text.partition(" ")
+        verb = _VERBS.get(name.upper())
+        if verb is None:
+            self._refuse(UNRECOGNIZED)
+            return None
+        step = _TABLE[self.state][verb]
+        if isinstance(step, Reply):
+            self._refuse(step)
+            return None
+        argument = argument.strip(" ")
+        if argument and verb in _NO_ARGUMENT:
+            self._refuse(_R(501, f"5.5.4 Syntax: {_NO_ARGUMENT[verb]}"))
+            return None
+        return self._perform(verb, argument, step)
+
+    def _perform(self, verb: Verb, argument: str, next_state: State) -> Event | None:
+        if verb is Verb.EHLO or verb is Verb.HELO:
+            return self._hello(argument, verb is Verb.EHLO)
+        if verb is Verb.MAIL:
+            return self._mail(argument, next_state)
+        if verb is Verb.RCPT:
+            return self._rcpt(argument, next_state)
+        if verb is Verb.DATA:
+            self._start_data()
+            return None
+        if verb is Verb.VRFY or verb is Verb.HELP:
+            self._say_or_refuse(verb, argument)
+            return None
+        if verb is Verb.NOOP:
+            return self._answer(OK, Noop())
+        if verb is Verb.QUIT:
+            self.state = State.CLOSED
+            return self._answer(BYE, Quit())
+        self._end_transaction(next_state)
+        return self._answer(OK, Rset())
+
+    def _hello(self, domain: str, esmtp: bool) -> Ehlo | None:
+        if not domain or " " in domain:
+            self._refuse(SYNTAX_EHLO if esmtp else SYNTAX_HELO)
+            return None
+        self._end_transaction()
+        return self._answer(self._hello_reply(esmtp), Ehlo(domain, esmtp))
+
+    def _hello_reply(self, esmtp: bool) -> Reply:
+        if not esmtp:
+            return _R(250, self.hostname)
+        size = f"SIZE {self.limits.max_message_size}"
+        extensions = ("PIPELINING", size, "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8")
+        return _R(250, self.hostname, *extensions)
+
+    def _mail(self, argument: str, next_state: State) -> Mail | None:
+        limits = self.limits
+        mail = parse_mail(argument, limits.max_path, limits.max_message_size)
+        if isinstance(mail, Reply):
+            self._refuse(mail)
+            return None
+        self._smtputf8 = mail.smtputf8
+        self._pending = (Verb.MAIL, next_state)
+        return mail
+
+    def _rcpt(self, argument: str, next_state: State) -> Rcpt | None:
+        rcpt = parse_rcpt(argument, self.limits.max_path, self._smtputf8)
+        if isinstance(rcpt, Reply):
+            self._refuse(rcpt)
+            return None
+        if self._recipients >= self.limits.max_recipients:
+            self._out += TOO_MANY_RECIPIENTS.to_bytes()
+            return None
+        self._pending = (Verb.RCPT, next_state)
+        return rcpt
+
+    def _start_data(self) -> None:
+        self._out += START_DATA.to_bytes()
+        self.state = State.DATA
+        self._scan_from = 0
+        self._oversize = False
+
+    def _say_or_refuse(self, verb: Verb, argument: str) -> None:
+        if verb is Verb.HELP:
+            self._out += HELP_REPLY.to_bytes()
+        elif argument:
+            self._out += VRFY_REPLY.to_bytes()
+        else:
+            self._refuse(SYNTAX_VRFY)
+
+    def _answer(self, reply: Reply, event: _E) -> _E:
+        self._out += reply.to_bytes()
+        return event
+
+    def _refuse(self, reply: Reply) -> None:
+        """Answer a bad command; too many of them end the session with 421."""
+        self._out += reply.to_bytes()
+        self._errors += 1
+        if self._errors >= self.limits.max_errors:
+            self._out += _R(421, f"4.7.0 {self.hostname} Error: too many errors").to_bytes()
+            self.state = State.CLOSED
+
+    def _end_transaction(self, state: State = State.READY) -> None:
+        self.state = state
+        self._recipients = 0
+        self._smtputf8 = False
+
+    # -- message content ---------------------------------------------------------
+
+    def _read_content(self) -> Message | ConnectionClosed | NeedData | None:
+        """The receive buffer holds the content since the 354 (unless drained)."""
+        buf = self._in
+        if not self._oversize and buf.startswith(_EMPTY_DATA):
+            end, consumed = 0, len(_EMPTY_DATA)  # the content starts a line: "." ends it
+        else:
+            found = buf.find(_END_OF_DATA, self._scan_from)
+            if found < 0:
+                return self._await_end()
+            end, consumed = found + 2, found + len(_END_OF_DATA)
+        if self._oversize:
+            wire = b""
+        else:
+            with memoryview(buf) as view:
+                wire = bytes(view[:end])
+        del buf[:consumed]
+        refusal = MESSAGE_TOO_BIG if self._oversize else self._check_content(wire)
+        if refusal is not None:
+            self._end_transaction()
+            self._out += refusal.to_bytes()
+            return None
+        self.state = State.READY
+        self._pending = (Verb.DATA, State.READY)
+        return Message(_unstuff(wire))
+
+    def _await_end(self) -> ConnectionClosed | NeedData:
+        buf = self._in
+        if self._eof:
+            self.state = State.CLOSED
+            buf.clear()
+            return ConnectionClosed()
+        keep_from = len(buf) - (len(_END_OF_DATA) - 1)  # a terminator may start here
+        too_big = keep_from + 2 > self.limits.max_message_size  # its CRLF is content
+        if keep_from > 0 and (self._oversize or too_big):
+            self._oversize = True
+            del buf[:keep_from]
+            keep_from = 0
+        self._scan_from = max(keep_from, 0)
+        return NEED_DATA
+
+    def _check_content(self, wire: bytes) -> Reply | None:
+        """`wire` is the content as sent (stuffed), ending with CRLF unless empty."""
+        if len(wire) > self.limits.max_message_size:
+            return MESSAGE_TOO_BIG  # first: a drained message cannot be checked further
+        line_ends = wire.count(b"\r\n")
+        if wire.count(b"\n") != line_ends or wire.count(b"\r") != line_ends:
+            return BARE_CR_LF_DATA
+        if b"\0" in wire:
+            return NUL_DATA
+        if _has_long_line(wire, self.limits.max_line):
+            return DATA_LINE_TOO_LONG
+        return None
+
+
+def _has_long_line(data: bytes, limit: int) -> bool:
+    """Whether a LF-ended line in `data` is longer than `limit`, LF included.
+    Jumps a whole window per step instead of visiting every line."""
+    start = 0
+    while len(data) - start > limit:
+        last_lf = data.rfind(b"\n", start, start + limit)
+        if last_lf < 0:
+            return True
+        start = last_lf + 1
+    return False
+
+
+def _unstuff(wire: bytes) -> bytes:
+    content = wire.replace(b"\r\n.", b"\r\n")
+    return content[1:] if content[:1] == b"." else content
