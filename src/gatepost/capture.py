@@ -42,7 +42,7 @@ class Capture:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = ServerConnection("capture.invalid")
-        sender, recipients = "", []
+        sender, recipients = "", list[str]()
         try:
             while True:
                 event = conn.next_event()

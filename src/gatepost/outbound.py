@@ -52,7 +52,7 @@ class Outbound:
         )
         session = cls(reader, writer)
         try:
-            await session.expect_positive(await session.response())
+            await session.expect_positive((await session.response()).reply)
             await session.hello(helo)
         except BaseException:
             writer.close()

@@ -50,13 +50,13 @@ class ReceiveSide:
         gateway: Gateway,
         store: AsyncStore,
         wake_router: Callable[[], None] = lambda: None,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
     ) -> None:
         self.topo = topo
         self.gateway = gateway
         self.store = store
         self.wake_router = wake_router
-        self.limits = limits
+        self.limits = limits or Limits()
         self.hostname = hostname_of(topo, gateway)
         self.server: asyncio.Server | None = None
 
@@ -161,7 +161,7 @@ class Session:
         )
         try:
             queue_id = await side.store.enqueue(message)
-        except Exception as error:  # any failure to commit: 4xx, never 250
+        except Exception as error:  # noqa: BLE001 - any failed commit: 4xx, never 250
             return store_failure(error)
         side.wake_router()
         log.info(

@@ -54,14 +54,14 @@ class SendSide:
         gateway: Gateway,
         store: AsyncStore,
         sessions: int = SESSIONS,
-        retry: policy.Retry = policy.Retry(),
+        retry: policy.Retry | None = None,
     ) -> None:
         assert gateway.smarthost is not None
         self.topo = topo
         self.gateway = gateway
         self.store = store
         self.sessions = sessions
-        self.retry = retry
+        self.retry = retry or policy.Retry()
         self.queue = send_queue(gateway.name)
         self.owner = f"{self.queue}:{os.getpid()}"
         self.wakeup = asyncio.Event()
@@ -81,7 +81,8 @@ class SendSide:
                     self.queue, self.owner, PER_SESSION, policy.LEASE, time.time()
                 )
                 if not jobs:
-                    session = await close(session)
+                    await close(session)
+                    session = None
                     await wait_any(self.wakeup, stop, POLL)
                     self.wakeup.clear()
                     continue
@@ -107,7 +108,8 @@ class SendSide:
                 for job in jobs
                 if (job.message_id, job.rcpt_id) not in done
             ]
-            session = await close(session)
+            await close(session)
+            session = None
         await self.record(outcomes)
         return session
 
@@ -163,6 +165,6 @@ def log_outcome(o: Outcome, now: float) -> None:
 
 
 async def close(session: Outbound | None) -> None:
+    """Say QUIT and close, if there is a session; always leaves none."""
     if session is not None:
         await session.quit()
-    return None

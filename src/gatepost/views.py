@@ -118,8 +118,10 @@ def guide(topo: Topology, config: Path) -> Any:
         c = f"-c {config}"
         lines += [
             f"  .venv/bin/gatepost {c} mailbox {mailbox}",
-            f"  .venv/bin/gatepost {c} send --from {mailbox} --to someone@example.org "
-            "--subject hello --body hi",
+            (
+                f"  .venv/bin/gatepost {c} send --from {mailbox} --to someone@example.org "
+                "--subject hello --body hi"
+            ),
             f"  .venv/bin/gatepost {c} mailq",
             f"  .venv/bin/gatepost {c} diagram",
             "Stop with Ctrl-C.",
