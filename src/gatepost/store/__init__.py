@@ -1,0 +1,62 @@
+"""The store: the only code that writes mail state (see `base` for the interface).
+
+Does: re-export the interface and open a store from a URL ("sqlite:/path").
+Must not know: policy, topology or SMTP.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .asyncstore import AsyncStore
+from .base import (
+    ROUTER,
+    STATES,
+    Bounced,
+    Deferred,
+    Delivered,
+    Hop,
+    Job,
+    MailboxEntry,
+    Moved,
+    NewMessage,
+    NewRecipient,
+    Outcome,
+    QueueEntry,
+    Released,
+    Store,
+    send_queue,
+)
+from .sqlite import SqliteStore
+
+__all__ = [
+    "ROUTER",
+    "STATES",
+    "AsyncStore",
+    "Bounced",
+    "Deferred",
+    "Delivered",
+    "Hop",
+    "Job",
+    "MailboxEntry",
+    "Moved",
+    "NewMessage",
+    "NewRecipient",
+    "Outcome",
+    "QueueEntry",
+    "Released",
+    "SqliteStore",
+    "Store",
+    "open_store",
+    "send_queue",
+]
+
+
+def open_store(url: str) -> Store:
+    """Open the store named by `url`: "sqlite:/abs/path.db", "sqlite:rel/path.db"
+    or "sqlite:///abs/path.db"."""
+    scheme, sep, rest = url.partition(":")
+    if scheme != "sqlite" or not sep or not rest:
+        raise ValueError(f"unsupported store URL {url!r}; expected sqlite:/path/to/file.db")
+    rest = rest.removeprefix("//")
+    return SqliteStore(Path(rest))

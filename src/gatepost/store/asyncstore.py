@@ -1,0 +1,164 @@
+"""AsyncStore: the Store for asyncio code, with group commit for enqueue.
+
+Does: run every call of one Store on ONE dedicated worker thread (the store
+is created there, by the factory), so the event loop never blocks on SQLite
+or fsync. Concurrent `enqueue` calls are gathered: one `store.enqueue(batch)`
+call (one transaction, one fsync) writes them all, and each caller awaits
+only the future of its own message. While a batch is being committed, new
+arrivals wait for the next one; nobody sleeps on a timer. If a commit fails,
+every caller of that batch gets the exception (so none answers 250).
+Must not know: SQL, SMTP, or what the messages are for.
+
+A caller cancelled while waiting does not withdraw its message: it may still
+be committed (deliver twice rather than lose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from .base import Hop, Job, MailboxEntry, NewMessage, Outcome, QueueEntry, Store
+
+T = TypeVar("T")
+Waiting = tuple[NewMessage, "asyncio.Future[str]"]
+MAX_BATCH = 256
+
+
+class AsyncStore:
+    def __init__(
+        self,
+        store_factory: Callable[[], Store],
+        max_batch: int = MAX_BATCH,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        self._factory = store_factory
+        self._store: Store | None = None  # touched only on the worker thread
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatepost-store")
+        self._max_batch = max_batch
+        self._clock = clock
+        self._waiting: list[Waiting] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._closing = False  # refuse new mail; what waits is still committed
+        self._closed = False
+
+    # -- the worker thread ----------------------------------------------------
+
+    def _on_worker(self) -> Store:
+        if self._store is None:
+            self._store = self._factory()
+        return self._store
+
+    async def _call(self, work: Callable[[Store], T]) -> T:
+        if self._closed:
+            raise RuntimeError("AsyncStore is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: work(self._on_worker()))
+
+    # -- group commit -----------------------------------------------------------
+
+    async def enqueue(self, message: NewMessage) -> str:
+        """Store one message durably; returns its queue id once committed."""
+        if not message.recipients:
+            raise ValueError("a message needs at least one recipient")
+        if self._closing:
+            raise RuntimeError("AsyncStore is closed")
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[str] = loop.create_future()
+        self._waiting.append((message, done))
+        if self._committer is None or self._committer.done():
+            self._committer = loop.create_task(self._commit_waiting())
+        return await done
+
+    async def _commit_waiting(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._waiting[: self._max_batch]
+                del self._waiting[: self._max_batch]
+                await self._commit(batch)
+        except asyncio.CancelledError:
+            _cancel(self._waiting)
+            self._waiting.clear()
+            raise
+
+    async def _commit(self, batch: list[Waiting]) -> None:
+        messages = [message for message, _ in batch]
+        try:
+            ids = await self._call(lambda store: store.enqueue(messages, self._clock()))
+        except asyncio.CancelledError:
+            _cancel(batch)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure must reach every caller
+            for _, done in batch:
+                if not done.done():
+                    done.set_exception(exc)
+            return
+        for (_, done), message_id in zip(batch, ids, strict=True):
+            if not done.done():
+                done.set_result(message_id)
+
+    # -- the rest of the Store, one call each -------------------------------------
+
+    async def claim(
+        self, queue: str, owner: str, limit: int, lease: float, now: float
+    ) -> list[Job]:
+        return await self._call(lambda store: store.claim(queue, owner, limit, lease, now))
+
+    async def complete(
+        self, outcomes: Sequence[Outcome], now: float, new: Sequence[NewMessage] = ()
+    ) -> list[str]:
+        return await self._call(lambda store: store.complete(outcomes, now, new))
+
+    async def content(self, message_id: str) -> bytes:
+        return await self._call(lambda store: store.content(message_id))
+
+    async def queue(self, states: Sequence[str] = (), limit: int = 1000) -> list[QueueEntry]:
+        return await self._call(lambda store: store.queue(states, limit))
+
+    async def mailbox(self, mailbox: str) -> list[MailboxEntry]:
+        return await self._call(lambda store: store.mailbox(mailbox))
+
+    async def mailbox_content(self, mailbox: str, entry_id: int) -> bytes | None:
+        return await self._call(lambda store: store.mailbox_content(mailbox, entry_id))
+
+    async def hops(self, message_id: str) -> list[Hop]:
+        return await self._call(lambda store: store.hops(message_id))
+
+    async def set_state(self, message_ids: Sequence[str], state: str, now: float) -> int:
+        return await self._call(lambda store: store.set_state(message_ids, state, now))
+
+    async def counts(self) -> dict[str, int]:
+        return await self._call(lambda store: store.counts())
+
+    async def pending(self, queue: str, now: float | None = None) -> int:
+        return await self._call(lambda store: store.pending(queue, now))
+
+    async def purge(self, before: float) -> int:
+        return await self._call(lambda store: store.purge(before))
+
+    async def aclose(self) -> None:
+        """Commit what is waiting, close the store on its thread, stop the thread."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._committer is not None:
+            await self._committer
+        loop = asyncio.get_running_loop()
+        self._closed = True
+        await loop.run_in_executor(self._executor, self._close_on_worker)
+        self._executor.shutdown(wait=False)
+
+    def _close_on_worker(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+
+def _cancel(waiting: list[Waiting]) -> None:
+    for _, done in waiting:
+        done.cancel()

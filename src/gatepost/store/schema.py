@@ -1,0 +1,98 @@
+"""The SQLite store's schema and its migrations, keyed by PRAGMA user_version.
+
+Does: create the tables on a fresh file and bring an older file up to date,
+inside one BEGIN IMMEDIATE transaction so that processes starting together
+migrate once. Must not know: how the tables are queried (that is
+`sqlite.py`), or anything about mail beyond column names.
+
+Tables:
+  messages  one row per message: envelope sender, content (written once), origin.
+  jobs      one row per (message, recipient): where it waits (`location`), who
+            handles it next (`queue`), its state, retry times and lease.
+            `next_attempt` is NULL while incoming, the retry time while deferred.
+            `created` is copied from the message so one index serves claims.
+  mailbox   one row per delivery into a "PO/mailbox"; points at the message.
+  hops      the history of each recipient: received, moved, delivered, ...
+            Kept without a foreign key so history survives a deleted message.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+_V1 = (
+    """CREATE TABLE messages (
+        id          TEXT PRIMARY KEY,
+        sender      TEXT NOT NULL,
+        size        INTEGER NOT NULL,
+        created     REAL NOT NULL,
+        location    TEXT NOT NULL,
+        origin      TEXT NOT NULL,
+        received_by TEXT NOT NULL,
+        content     BLOB NOT NULL  -- last: reading the columns before it skips its overflow pages
+    )""",
+    """CREATE TABLE jobs (
+        message_id    TEXT NOT NULL REFERENCES messages(id),
+        rcpt_id       INTEGER NOT NULL,
+        address       TEXT NOT NULL,
+        mailbox       TEXT,
+        location      TEXT NOT NULL,
+        queue         TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        created       REAL NOT NULL,
+        next_attempt  REAL,
+        first_attempt REAL,
+        lease_owner   TEXT,
+        lease_until   REAL,
+        last_reply    TEXT NOT NULL DEFAULT '',
+        relay         TEXT NOT NULL DEFAULT '',
+        updated       REAL NOT NULL,
+        PRIMARY KEY (message_id, rcpt_id)
+    ) WITHOUT ROWID""",
+    # Serves all three claim probes: incoming (next_attempt IS NULL, then
+    # created order), deferred (next_attempt range) and expired leases.
+    """CREATE INDEX jobs_claim ON jobs (queue, state, next_attempt, created)""",
+    """CREATE TABLE mailbox (
+        entry_id   INTEGER PRIMARY KEY,
+        mailbox    TEXT NOT NULL,
+        message_id TEXT NOT NULL REFERENCES messages(id),
+        delivered  REAL NOT NULL
+    )""",
+    """CREATE INDEX mailbox_by_key ON mailbox (mailbox, entry_id)""",
+    """CREATE INDEX mailbox_by_message ON mailbox (message_id)""",
+    """CREATE TABLE hops (
+        id         INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        rcpt_id    INTEGER NOT NULL,
+        address    TEXT NOT NULL,
+        at         REAL NOT NULL,
+        event      TEXT NOT NULL,
+        postoffice TEXT NOT NULL,
+        detail     TEXT NOT NULL DEFAULT ''
+    )""",
+    """CREATE INDEX hops_by_message ON hops (message_id, at, id)""",
+)
+
+# MIGRATIONS[n] takes a file from user_version n to n + 1.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to VERSION; returns the version found before.
+    `conn` must be in autocommit mode (isolation_level=None)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if found > VERSION:
+            raise RuntimeError(f"store schema version {found} is newer than this code ({VERSION})")
+        for statements in MIGRATIONS[found:]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found

@@ -1,0 +1,378 @@
+"""SqliteStore: the Store interface on one SQLite file shared by processes.
+
+Does: all reads and writes of mail state on one machine. WAL mode with
+synchronous=FULL, so a commit is fsync'ed before enqueue/complete return;
+every write is one BEGIN IMMEDIATE transaction, so two processes never both
+claim a job. All DML lives here; the schema lives in `schema.py`.
+Must not know: topology, SMTP, retry policy, the clock (callers pass `now`).
+
+Claim fairness: a claim first takes jobs whose lease expired (they were
+already due), then splits the remaining room between fresh (incoming) jobs
+and deferred jobs whose retry time has come: fresh jobs get at least half
+(rounded up) and either side takes what the other leaves unused. So a large
+backlog of due retries never starves new mail, and vice versa. The chosen
+jobs are returned oldest first by (created, message_id, rcpt_id).
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from . import schema
+from .base import (
+    ROUTER,
+    STATES,
+    Bounced,
+    Deferred,
+    Delivered,
+    Hop,
+    Job,
+    MailboxEntry,
+    Moved,
+    NewMessage,
+    Outcome,
+    QueueEntry,
+    Released,
+)
+
+BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's transaction
+NON_FINAL = ("incoming", "active", "deferred", "hold")
+FINAL = ("delivered", "bounced")
+Row = tuple[Any, ...]
+
+_JOB_COLUMNS = """j.message_id, j.rcpt_id, m.sender, j.address, j.mailbox, j.location,
+    m.origin, j.queue, j.attempts, j.created, j.first_attempt, m.size"""
+_CLAIM_EXPIRED = f"""SELECT {_JOB_COLUMNS} FROM jobs j JOIN messages m ON m.id = j.message_id
+    WHERE j.queue = ? AND j.state = 'active' AND j.lease_until < ?
+    ORDER BY j.created, j.message_id, j.rcpt_id LIMIT ?"""
+_CLAIM_INCOMING = f"""SELECT {_JOB_COLUMNS} FROM jobs j JOIN messages m ON m.id = j.message_id
+    WHERE j.queue = ? AND j.state = 'incoming' AND j.next_attempt IS NULL
+    ORDER BY j.created, j.message_id, j.rcpt_id LIMIT ?"""
+_CLAIM_DEFERRED = f"""SELECT {_JOB_COLUMNS} FROM jobs j JOIN messages m ON m.id = j.message_id
+    WHERE j.queue = ? AND j.state = 'deferred' AND j.next_attempt <= ?
+    ORDER BY j.next_attempt, j.created LIMIT ?"""
+_LEASE = """UPDATE jobs SET state = 'active', lease_owner = ?, lease_until = ?, updated = ?
+    WHERE message_id = ? AND rcpt_id = ?"""
+
+_INSERT_MESSAGE = """INSERT INTO messages
+    (id, sender, size, created, location, origin, received_by, content)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+_INSERT_JOB = f"""INSERT INTO jobs
+    (message_id, rcpt_id, address, mailbox, location, queue, state, created, updated)
+    VALUES (?, ?, ?, ?, ?, '{ROUTER}', 'incoming', ?, ?)"""
+_INSERT_HOP = """INSERT INTO hops (message_id, rcpt_id, address, at, event, postoffice, detail)
+    VALUES (?, ?, ?, ?, ?, ?, ?)"""
+_INSERT_MAILBOX = "INSERT INTO mailbox (mailbox, message_id, delivered) VALUES (?, ?, ?)"
+
+_KEY = "WHERE message_id = ? AND rcpt_id = ? AND state NOT IN ('delivered', 'bounced')"
+_UNLEASE = "lease_owner = NULL, lease_until = NULL, updated = ?"
+_KEEP_HOLD = "CASE state WHEN 'hold' THEN 'hold' ELSE '{0}' END"
+_MOVED = f"""UPDATE jobs SET location = ?, queue = ?, state = {_KEEP_HOLD.format("incoming")},
+    next_attempt = NULL, {_UNLEASE} {_KEY}"""
+_DELIVERED = f"""UPDATE jobs SET state = 'delivered', attempts = attempts + 1,
+    first_attempt = COALESCE(first_attempt, ?), next_attempt = NULL, relay = ?,
+    last_reply = ?, {_UNLEASE} {_KEY}"""
+_DEFERRED = f"""UPDATE jobs SET state = {_KEEP_HOLD.format("deferred")}, attempts = attempts + 1,
+    first_attempt = COALESCE(first_attempt, ?), next_attempt = ?, relay = ?,
+    last_reply = ?, {_UNLEASE} {_KEY}"""
+_BOUNCED = f"""UPDATE jobs SET state = 'bounced', attempts = attempts + 1,
+    first_attempt = COALESCE(first_attempt, ?), next_attempt = NULL, relay = ?,
+    last_reply = ?, {_UNLEASE} {_KEY}"""
+_RELEASED = f"""UPDATE jobs SET state = 'incoming', next_attempt = NULL, {_UNLEASE}
+    WHERE message_id = ? AND rcpt_id = ? AND state = 'active' AND (? = '' OR lease_owner = ?)"""
+
+_ADMIN = {
+    "hold": f"""UPDATE jobs SET state = 'hold', {_UNLEASE}
+        WHERE message_id = ? AND state IN ('incoming', 'active', 'deferred')""",
+    "release": """UPDATE jobs SET state = 'incoming', next_attempt = NULL, updated = ?
+        WHERE message_id = ? AND state = 'hold'""",
+    "flush": """UPDATE jobs SET next_attempt = ?, updated = ?
+        WHERE message_id = ? AND state = 'deferred'""",
+    "delete": """DELETE FROM jobs
+        WHERE message_id = ? AND state IN ('incoming', 'active', 'deferred', 'hold')""",
+}
+_ADMIN_RETURNING = " RETURNING rcpt_id, address, location"
+_DROP_UNUSED_MESSAGE = """DELETE FROM messages WHERE id = ?
+    AND NOT EXISTS (SELECT 1 FROM jobs WHERE message_id = messages.id)
+    AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_id = messages.id)"""
+
+_QUEUE = """SELECT j.message_id, j.rcpt_id, m.sender, j.address, j.location, j.queue, j.state,
+    j.attempts, j.next_attempt, j.created, m.size, j.last_reply
+    FROM jobs j JOIN messages m ON m.id = j.message_id
+    WHERE j.state IN ({}) ORDER BY j.created, j.message_id, j.rcpt_id LIMIT ?"""
+_MAILBOX = """SELECT b.entry_id, b.message_id, m.sender, b.delivered, m.size
+    FROM mailbox b JOIN messages m ON m.id = b.message_id
+    WHERE b.mailbox = ? ORDER BY b.entry_id"""
+_MAILBOX_CONTENT = """SELECT m.content FROM mailbox b JOIN messages m ON m.id = b.message_id
+    WHERE b.mailbox = ? AND b.entry_id = ?"""
+_CONTENT = "SELECT content FROM messages WHERE id = ?"
+_HOPS = """SELECT message_id, rcpt_id, address, at, event, postoffice, detail
+    FROM hops WHERE message_id = ? ORDER BY at, id"""
+_COUNTS = "SELECT state, count(*) FROM jobs GROUP BY state"
+_PENDING = """SELECT
+    (SELECT count(*) FROM jobs WHERE queue = ?1 AND state IN ('incoming', 'active'))
+  + (SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'deferred' AND next_attempt <= ?2)"""
+_PURGE_JOBS = """DELETE FROM jobs WHERE state IN ('delivered', 'bounced') AND updated < ?
+    RETURNING message_id"""
+
+
+class QueueIds:
+    """Short unique queue ids that sort by creation time, like Postfix's long
+    queue ids: 11 base32 digits of microseconds (strictly increasing within a
+    process) followed by 5 random base32 digits (apart across processes)."""
+
+    ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford: sorts as ASCII
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            micros = max(time.time_ns() // 1000, self._last + 1)
+            self._last = micros
+        return self._digits(micros, 11) + self._digits(secrets.randbits(25), 5)
+
+    @classmethod
+    def _digits(cls, value: int, width: int) -> str:
+        out = []
+        for _ in range(width):
+            value, digit = divmod(value, 32)
+            out.append(cls.ALPHABET[digit])
+        return "".join(reversed(out))
+
+
+QUEUE_IDS = QueueIds()
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open `path` (creating its directory) with the pragmas every user needs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(
+        str(path),
+        timeout=BUSY_TIMEOUT,
+        isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+        check_same_thread=False,  # an executor thread may own it
+        cached_statements=128,
+    )
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+    return conn
+
+
+class SqliteStore:
+    """The Store on one SQLite file. Use one instance per thread at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._conn = connect(self.path)
+        schema.migrate(self._conn)
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- writes -------------------------------------------------------------
+
+    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[str]:
+        if not messages:
+            return []
+        with self._write() as conn:
+            return _insert_messages(conn, messages, now)
+
+    def claim(self, queue: str, owner: str, limit: int, lease: float, now: float) -> list[Job]:
+        if limit <= 0:
+            return []
+        with self._write() as conn:
+            expired = conn.execute(_CLAIM_EXPIRED, (queue, now, limit)).fetchall()
+            incoming = conn.execute(_CLAIM_INCOMING, (queue, limit)).fetchall()
+            deferred = conn.execute(_CLAIM_DEFERRED, (queue, now, limit)).fetchall()
+            rows = fair_pick(expired, incoming, deferred, limit)
+            until = now + lease
+            conn.executemany(_LEASE, [(owner, until, now, row[0], row[1]) for row in rows])
+        rows.sort(key=lambda row: (row[9], row[0], row[1]))
+        return [Job(*(*row, owner)) for row in rows]
+
+    def complete(
+        self, outcomes: Sequence[Outcome], now: float, new: Sequence[NewMessage] = ()
+    ) -> list[str]:
+        with self._write() as conn:
+            hops: list[Row] = []
+            for outcome in outcomes:
+                hop = _apply(conn, outcome, now)
+                if hop is not None:
+                    hops.append(hop)
+            conn.executemany(_INSERT_HOP, hops)
+            return _insert_messages(conn, new, now) if new else []
+
+    def set_state(self, message_ids: Sequence[str], state: str, now: float) -> int:
+        if state not in _ADMIN:
+            raise ValueError(f"unknown state action {state!r}; expected one of {sorted(_ADMIN)}")
+        sql = _ADMIN[state] + _ADMIN_RETURNING
+        changed = 0
+        with self._write() as conn:
+            for message_id in dict.fromkeys(message_ids):
+                rows = conn.execute(sql, _admin_params(state, message_id, now)).fetchall()
+                hops = [(message_id, r[0], r[1], now, state, r[2], "admin") for r in rows]
+                conn.executemany(_INSERT_HOP, hops)
+                changed += len(rows)
+                if state == "delete":
+                    conn.execute(_DROP_UNUSED_MESSAGE, (message_id,))
+        return changed
+
+    def purge(self, before: float) -> int:
+        with self._write() as conn:
+            removed = [row[0] for row in conn.execute(_PURGE_JOBS, (before,)).fetchall()]
+            unique = dict.fromkeys(removed)
+            conn.executemany(_DROP_UNUSED_MESSAGE, [(message_id,) for message_id in unique])
+        return len(removed)
+
+    # -- reads --------------------------------------------------------------
+
+    def content(self, message_id: str) -> bytes:
+        row = self._conn.execute(_CONTENT, (message_id,)).fetchone()
+        if row is None:
+            raise KeyError(message_id)
+        return bytes(row[0])
+
+    def queue(self, states: Sequence[str] = (), limit: int = 1000) -> list[QueueEntry]:
+        wanted = tuple(states) or NON_FINAL
+        unknown = set(wanted) - set(STATES)
+        if unknown:
+            raise ValueError(f"unknown states {sorted(unknown)}")
+        sql = _QUEUE.format(", ".join("?" * len(wanted)))
+        rows = self._conn.execute(sql, (*wanted, limit)).fetchall()
+        return [QueueEntry(*row) for row in rows]
+
+    def mailbox(self, mailbox: str) -> list[MailboxEntry]:
+        rows = self._conn.execute(_MAILBOX, (mailbox,)).fetchall()
+        return [MailboxEntry(*row) for row in rows]
+
+    def mailbox_content(self, mailbox: str, entry_id: int) -> bytes | None:
+        row = self._conn.execute(_MAILBOX_CONTENT, (mailbox, entry_id)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def hops(self, message_id: str) -> list[Hop]:
+        rows = self._conn.execute(_HOPS, (message_id,)).fetchall()
+        return [Hop(*row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        found = dict(self._conn.execute(_COUNTS).fetchall())
+        return {state: int(found.get(state, 0)) for state in STATES}
+
+    def pending(self, queue: str, now: float | None = None) -> int:
+        when = time.time() if now is None else now
+        return int(self._conn.execute(_PENDING, (queue, when)).fetchone()[0])
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def fair_pick(
+    expired: list[Row], incoming: list[Row], deferred: list[Row], limit: int
+) -> list[Row]:
+    """Expired leases first, then fresh and due-retry jobs sharing the room
+    (fresh get at least half, rounded up; unused share goes to the other)."""
+    picked = expired[:limit]
+    room = limit - len(picked)
+    fresh = min(len(incoming), max(room - len(deferred), (room + 1) // 2))
+    return picked + incoming[:fresh] + deferred[: room - fresh]
+
+
+def _admin_params(action: str, message_id: str, now: float) -> tuple[object, ...]:
+    if action == "delete":
+        return (message_id,)
+    if action == "flush":
+        return (now, now, message_id)
+    return (now, message_id)
+
+
+def _insert_messages(
+    conn: sqlite3.Connection, messages: Sequence[NewMessage], now: float
+) -> list[str]:
+    """Write messages, one incoming job and one "received" hop per recipient."""
+    ids = [QUEUE_IDS.next() for _ in messages]
+    message_rows, job_rows, hop_rows = [], [], []
+    for message_id, msg in zip(ids, messages):
+        if not msg.recipients:
+            raise ValueError("a message needs at least one recipient")
+        message_rows.append(
+            (
+                message_id,
+                msg.sender,
+                len(msg.content),
+                now,
+                msg.location,
+                msg.origin,
+                msg.received_by,
+                msg.content,
+            )
+        )
+        for rcpt_id, rcpt in enumerate(msg.recipients):
+            job_rows.append(
+                (message_id, rcpt_id, rcpt.address, rcpt.mailbox, msg.location, now, now)
+            )
+            hop_rows.append(
+                (message_id, rcpt_id, rcpt.address, now, "received", msg.location, msg.received_by)
+            )
+    conn.executemany(_INSERT_MESSAGE, message_rows)
+    conn.executemany(_INSERT_JOB, job_rows)
+    conn.executemany(_INSERT_HOP, hop_rows)
+    return ids
+
+
+def _apply(conn: sqlite3.Connection, outcome: Outcome, now: float) -> Row | None:
+    """Apply one outcome; returns its hop row, or None when it changed nothing
+    (the job is already final, or gone)."""
+    job = outcome.job
+    key = (job.message_id, job.rcpt_id)
+    if isinstance(outcome, Released):
+        conn.execute(_RELEASED, (now, *key, job.owner, job.owner))
+        return None
+    if isinstance(outcome, Moved):
+        changed = conn.execute(_MOVED, (outcome.to, outcome.queue, now, *key)).rowcount
+        detail = f"from {job.location} to queue {outcome.queue}"
+        return (*key, job.address, now, "moved", outcome.to, detail) if changed else None
+    if isinstance(outcome, Delivered):
+        return _delivered(conn, outcome, now)
+    if isinstance(outcome, Deferred):
+        params = (now, outcome.retry_at, outcome.relay, outcome.reply, now, *key)
+        changed = conn.execute(_DEFERRED, params).rowcount
+        return _outcome_hop(job, now, "deferred", outcome.relay, outcome.reply) if changed else None
+    if isinstance(outcome, Bounced):
+        changed = conn.execute(_BOUNCED, (now, outcome.relay, outcome.reply, now, *key)).rowcount
+        return _outcome_hop(job, now, "bounced", outcome.relay, outcome.reply) if changed else None
+    raise TypeError(f"not an outcome: {outcome!r}")
+
+
+def _delivered(conn: sqlite3.Connection, outcome: Delivered, now: float) -> Row | None:
+    job = outcome.job
+    params = (now, outcome.relay, outcome.reply, now, job.message_id, job.rcpt_id)
+    if not conn.execute(_DELIVERED, params).rowcount:
+        return None
+    if job.mailbox is not None:
+        conn.execute(_INSERT_MAILBOX, (job.mailbox, job.message_id, now))
+        return _outcome_hop(job, now, "delivered", "", f"mailbox {job.mailbox}")
+    return _outcome_hop(job, now, "delivered", outcome.relay, outcome.reply)
+
+
+def _outcome_hop(job: Job, now: float, event: str, relay: str, reply: str) -> Row:
+    detail = f"relay={relay} {reply}" if relay else reply
+    return (job.message_id, job.rcpt_id, job.address, now, event, job.location, detail)
