@@ -10,14 +10,15 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 from gatepost import runner, submit, views
-from gatepost.store import SqliteStore
+from gatepost.store import STATES, Store, open_store
 from gatepost.topology import (
     AddressError,
     Native,
@@ -66,8 +67,18 @@ def topology(config: Path | None) -> Topology:
         sys.exit(2)
 
 
-def open_store(topo: Topology) -> SqliteStore:
-    return SqliteStore(Path(topo.store.removeprefix("sqlite:")))
+@contextmanager
+def opened(topo: Topology) -> Iterator[Store]:
+    store = open_store(topo.store)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def deferred_ids(topo: Topology) -> tuple[str, ...]:
+    with opened(topo) as store:
+        return tuple(dict.fromkeys(e.message_id for e in store.queue(("deferred",), 10**9)))
 
 
 def address(topo: Topology, text: str) -> Native | str:
@@ -133,11 +144,8 @@ def send_command(config: Path | None, sender: str, recipients: tuple[str, ...],
     targets = [address(topo, r) for r in recipients]
     text = body if body is not None else (body_file or sys.stdin).read()
     message = submit.compose(topo, origin, targets, subject, text, time.time())
-    store = open_store(topo)
-    try:
+    with opened(topo) as store:
         click.echo(store.enqueue([message], time.time())[0])
-    finally:
-        store.close()
 
 
 @main.command("mailbox")
@@ -151,8 +159,7 @@ def mailbox_command(config: Path | None, mailbox: str, as_json: bool, show: int 
     owner = address(topo, mailbox)
     if not isinstance(owner, Native):
         raise click.BadParameter(f"{mailbox} is not a mailbox of {topo.name}")
-    store = open_store(topo)
-    try:
+    with opened(topo) as store:
         if show is not None:
             content = store.mailbox_content(owner.key, show)
             if content is None:
@@ -160,23 +167,83 @@ def mailbox_command(config: Path | None, mailbox: str, as_json: bool, show: int 
             sys.stdout.buffer.write(content)
             return
         rows = views.mailbox_rows(store, owner.key)
-    finally:
-        store.close()
     click.echo(json.dumps(rows, indent=2) if as_json else views.mailbox_table(rows))
 
 
 @main.command("mailq")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
-def mailq_command(config: Path | None, as_json: bool) -> None:
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES),
+              help="Only recipients in this state (repeatable; default: all not final).")
+@click.option("--gateway", default=None, help="Only mail waiting for this gateway's send side.")
+@click.option("--domain", default=None, help="Only recipients at this domain.")
+@click.option("--limit", default=1000, show_default=True, help="At most this many rows.")
+def mailq_command(config: Path | None, as_json: bool, states: tuple[str, ...],
+                  gateway: str | None, domain: str | None, limit: int) -> None:
     """What is queued: where it waits, its state, attempts and next attempt."""
-    store = open_store(topology(config))
-    try:
-        entries = store.queue()
-    finally:
-        store.close()
-    rows = views.queue_rows(entries)
+    with opened(topology(config)) as store:
+        entries = store.queue(states, limit if not (gateway or domain) else 10 * limit)
+    rows = views.queue_rows(views.select(entries, gateway, domain)[:limit])
     click.echo(json.dumps(rows, indent=2) if as_json else views.queue_table(rows))
+
+
+def admin(config: Path | None, ids: tuple[str, ...], action: str) -> None:
+    """Apply a queue action to messages by id and say how many recipients changed."""
+    with opened(topology(config)) as store:
+        changed = store.set_state(ids, action, time.time())
+    click.echo(f"{action}: {changed} recipients in {len(ids)} messages")
+    if not changed:
+        sys.exit(1)
+
+
+@main.command("flush")
+@config_option
+@click.argument("ids", nargs=-1)
+def flush_command(config: Path | None, ids: tuple[str, ...]) -> None:
+    """Retry deferred mail now (the given messages, or every deferred one)."""
+    if not ids:
+        ids = deferred_ids(topology(config))
+        if not ids:
+            click.echo("flush: nothing is deferred")
+            return
+    admin(config, ids, "flush")
+
+
+@main.command("hold")
+@config_option
+@click.argument("ids", nargs=-1, required=True)
+def hold_command(config: Path | None, ids: tuple[str, ...]) -> None:
+    """Put messages on hold: kept, never attempted, until released."""
+    admin(config, ids, "hold")
+
+
+@main.command("release")
+@config_option
+@click.argument("ids", nargs=-1, required=True)
+def release_command(config: Path | None, ids: tuple[str, ...]) -> None:
+    """Release held messages: they are attempted again at once."""
+    admin(config, ids, "release")
+
+
+@main.command("requeue")
+@config_option
+@click.argument("ids", nargs=-1, required=True)
+def requeue_command(config: Path | None, ids: tuple[str, ...]) -> None:
+    """Route messages again from where they wait (after a topology change)."""
+    admin(config, ids, "requeue")
+
+
+@main.command("delete")
+@config_option
+@click.argument("ids", nargs=-1)
+@click.option("--all-deferred", is_flag=True, help="Delete every deferred message.")
+def delete_command(config: Path | None, ids: tuple[str, ...], all_deferred: bool) -> None:
+    """Delete queued messages (their recipients not yet delivered)."""
+    if all_deferred:
+        ids += deferred_ids(topology(config))
+    if not ids:
+        raise click.UsageError("name queue ids, or --all-deferred")
+    admin(config, ids, "delete")
 
 
 @main.command("route")
@@ -198,11 +265,8 @@ def route_command(config: Path | None, recipient: str, sender: str | None) -> No
 @click.argument("queue_id")
 def trace_command(config: Path | None, queue_id: str) -> None:
     """The hops a message actually took, with times."""
-    store = open_store(topology(config))
-    try:
+    with opened(topology(config)) as store:
         hops = store.hops(queue_id)
-    finally:
-        store.close()
     if not hops:
         raise click.ClickException(f"no message with queue id {queue_id}")
     click.echo(views.trace_table(hops))

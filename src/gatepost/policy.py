@@ -14,6 +14,8 @@ MIN_RETRY = 60.0  # seconds before the first retry
 MAX_RETRY = 3600.0  # backoff never waits longer than this
 QUEUE_LIFETIME = 5 * 24 * 3600.0  # bounce what is still undelivered after this
 LEASE = 120.0  # how long a claim stays valid without renewal
+HEARTBEAT = 1.0  # how often a running gateway says so in the store
+HEARTBEAT_TTL = 5.0  # a gateway silent for longer is taken as stopped
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,10 @@ from gatepost.store import (
 )
 from gatepost.topology import NoRoute, Topology, outbound_gateway, path
 
+
+def sending_gateways_of(topo: Topology) -> list[str]:
+    return [name for name, gateway in topo.gateways.items() if gateway.sends]
+
 log = logging.getLogger("gatepost.router")
 
 BATCH = 512
@@ -59,15 +63,18 @@ class Router:
         self,
         topo: Topology,
         store: AsyncStore,
-        alive: Callable[[str], bool] = lambda gateway: True,
         wake_send: Callable[[str], None] = lambda gateway: None,
     ) -> None:
         self.topo = topo
         self.store = store
-        self.alive = alive
         self.wake_send = wake_send
         self.owner = f"router:{os.getpid()}"
         self.wakeup = asyncio.Event()
+        self.living: set[str] = set()
+        self.checked = 0.0
+
+    def alive(self, gateway: str) -> bool:
+        return f"gateway:{gateway}" in self.living
 
     def wake(self) -> None:
         self.wakeup.set()
@@ -81,6 +88,8 @@ class Router:
     async def step(self) -> int:
         """Route one batch; returns how many jobs it handled."""
         now = time.time()
+        if now - self.checked >= policy.HEARTBEAT:
+            await self.failover(now)
         jobs = await self.store.claim(ROUTER, self.owner, BATCH, policy.LEASE, now)
         if not jobs:
             return 0
@@ -91,6 +100,24 @@ class Router:
         for queue in {o.queue for o in outcomes if isinstance(o, Moved) and o.queue != ROUTER}:
             self.wake_send(queue.removeprefix("send:"))
         return len(jobs)
+
+    async def failover(self, now: float) -> None:
+        """Learn which gateways run; give the mail waiting for a stopped one to
+        the router again wherever another running gateway serves its origin."""
+        self.checked = now
+        self.living = await self.store.alive(now - policy.HEARTBEAT_TTL)
+        for name in sending_gateways_of(self.topo):
+            if self.alive(name):
+                continue
+            origins = [po for po in self.topo.postoffices if self.takes_over(po, name)]
+            moved = await self.store.requeue(send_queue(name), origins, now)
+            if moved:
+                log.info("gateway %s is not running: %d recipients go to another gateway",
+                         name, moved)
+
+    def takes_over(self, postoffice: str, stopped: str) -> bool:
+        gateway = outbound_gateway(self.topo, postoffice, self.alive)
+        return gateway.name != stopped and self.alive(gateway.name)
 
     async def reports(self, outcomes: list[Outcome], now: float) -> list[NewMessage]:
         reports = []

@@ -71,7 +71,16 @@ class SendSide:
         self.wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(*(self.worker(stop) for _ in range(self.sessions)))
+        workers = [self.worker(stop) for _ in range(self.sessions)]
+        await asyncio.gather(self.heartbeat(stop), *workers)
+
+    async def heartbeat(self, stop: asyncio.Event) -> None:
+        """Tell the store this gateway runs; on a clean stop, that it does not."""
+        name = f"gateway:{self.gateway.name}"
+        while not stop.is_set():
+            await self.store.heartbeat(name, self.owner, time.time())
+            await wait_any(stop, stop, policy.HEARTBEAT)
+        await self.store.forget(name, self.owner)
 
     async def worker(self, stop: asyncio.Event) -> None:
         session: Outbound | None = None

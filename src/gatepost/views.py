@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from gatepost.store import Hop, QueueEntry, SqliteStore
+from gatepost.store import Hop, QueueEntry, Store
 from gatepost.topology import Topology
 
 Row = dict[str, Any]
@@ -32,7 +32,7 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     )
 
 
-def mailbox_rows(store: SqliteStore, mailbox: str) -> list[Row]:
+def mailbox_rows(store: Store, mailbox: str) -> list[Row]:
     parser = email.parser.BytesHeaderParser(policy=email.policy.default)
     rows = []
     for entry in store.mailbox(mailbox):
@@ -56,6 +56,16 @@ def mailbox_table(rows: list[Row]) -> str:
         return "(empty)"
     body = [[str(r["id"]), r["delivered"], r["from"], r["subject"], str(r["size"])] for r in rows]
     return table(body, ["ID", "DELIVERED", "FROM", "SUBJECT", "SIZE"])
+
+
+def select(entries: list[QueueEntry], gateway: str | None, domain: str | None) -> list[QueueEntry]:
+    """Queue entries waiting for `gateway`'s send side and/or addressed to `domain`."""
+    if gateway:
+        entries = [e for e in entries if e.queue == f"send:{gateway}"]
+    if domain:
+        suffix = "@" + domain.lower()
+        entries = [e for e in entries if e.address.lower().endswith(suffix)]
+    return entries
 
 
 def queue_rows(entries: list[QueueEntry]) -> list[Row]:

@@ -138,6 +138,18 @@ class AsyncStore:
     async def pending(self, queue: str, now: float | None = None) -> int:
         return await self._call(lambda store: store.pending(queue, now))
 
+    async def heartbeat(self, name: str, owner: str, now: float) -> None:
+        await self._call(lambda store: store.heartbeat(name, owner, now))
+
+    async def forget(self, name: str, owner: str) -> None:
+        await self._call(lambda store: store.forget(name, owner))
+
+    async def alive(self, since: float) -> set[str]:
+        return await self._call(lambda store: store.alive(since))
+
+    async def requeue(self, queue: str, origins: Sequence[str], now: float) -> int:
+        return await self._call(lambda store: store.requeue(queue, origins, now))
+
     async def purge(self, before: float) -> int:
         return await self._call(lambda store: store.purge(before))
 

@@ -186,6 +186,23 @@ class Store(Protocol):
         active (leased)."""
         ...
 
+    def heartbeat(self, name: str, owner: str, now: float) -> None:
+        """Record that worker `name` (e.g. "gateway:GW1") run by `owner` is alive."""
+        ...
+
+    def forget(self, name: str, owner: str) -> None:
+        """A clean stop: `name` is no longer alive (if `owner` still holds it)."""
+        ...
+
+    def alive(self, since: float) -> set[str]:
+        """Workers whose last heartbeat is at or after `since`."""
+        ...
+
+    def requeue(self, queue: str, origins: Sequence[str], now: float) -> int:
+        """Hand the waiting jobs of `queue` whose message origin is in `origins`
+        back to the router (a gateway stopped: another one takes them)."""
+        ...
+
     def purge(self, before: float) -> int:
         """Forget final (delivered/bounced) jobs last changed before `before`,
         and messages nothing refers to any more; returns jobs removed."""

@@ -14,6 +14,8 @@ Tables:
   mailbox   one row per delivery into a "PO/mailbox"; points at the message.
   hops      the history of each recipient: received, moved, delivered, ...
             Kept without a foreign key so history survives a deleted message.
+  workers   one row per running worker ("gateway:GW1"): its last heartbeat, so
+            the router can tell a gateway that stopped from one that runs.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ _V1 = (
         detail     TEXT NOT NULL DEFAULT ''
     )""",
     """CREATE INDEX hops_by_message ON hops (message_id, at, id)""",
+    """CREATE TABLE workers (
+        name  TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        seen  REAL NOT NULL
+    )""",
 )
 
 # MIGRATIONS[n] takes a file from user_version n to n + 1.

@@ -95,6 +95,8 @@ _ADMIN = {
         WHERE message_id = ? AND state = 'hold'""",
     "flush": """UPDATE jobs SET next_attempt = ?, updated = ?
         WHERE message_id = ? AND state = 'deferred'""",
+    "requeue": f"""UPDATE jobs SET queue = '{ROUTER}', state = 'incoming', next_attempt = NULL,
+        {_UNLEASE} WHERE message_id = ? AND state IN ('incoming', 'active', 'deferred')""",
     "delete": """DELETE FROM jobs
         WHERE message_id = ? AND state IN ('incoming', 'active', 'deferred', 'hold')""",
 }
@@ -115,6 +117,15 @@ _MAILBOX_CONTENT = """SELECT m.content FROM mailbox b JOIN messages m ON m.id = 
 _CONTENT = "SELECT content FROM messages WHERE id = ?"
 _HOPS = """SELECT message_id, rcpt_id, address, at, event, postoffice, detail
     FROM hops WHERE message_id = ? ORDER BY at, id"""
+_HEARTBEAT = """INSERT INTO workers (name, owner, seen) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, seen = excluded.seen"""
+_FORGET = "DELETE FROM workers WHERE name = ? AND owner = ?"
+_ALIVE = "SELECT name FROM workers WHERE seen >= ?"
+_REQUEUE = f"""UPDATE jobs SET queue = '{ROUTER}', state = 'incoming', next_attempt = NULL,
+    {_UNLEASE} WHERE queue = ? AND (state IN ('incoming', 'deferred')
+    OR (state = 'active' AND lease_until < ?))
+    AND message_id IN (SELECT id FROM messages WHERE origin IN ({{}}))
+    RETURNING message_id, rcpt_id, address, location"""
 _COUNTS = "SELECT state, count(*) FROM jobs GROUP BY state"
 _PENDING = """SELECT
     (SELECT count(*) FROM jobs WHERE queue = ?1 AND state IN ('incoming', 'active'))
@@ -236,6 +247,27 @@ class SqliteStore:
                 if state == "delete":
                     conn.execute(_DROP_UNUSED_MESSAGE, (message_id,))
         return changed
+
+    def heartbeat(self, name: str, owner: str, now: float) -> None:
+        with self._write() as conn:
+            conn.execute(_HEARTBEAT, (name, owner, now))
+
+    def forget(self, name: str, owner: str) -> None:
+        with self._write() as conn:
+            conn.execute(_FORGET, (name, owner))
+
+    def alive(self, since: float) -> set[str]:
+        return {row[0] for row in self._conn.execute(_ALIVE, (since,)).fetchall()}
+
+    def requeue(self, queue: str, origins: Sequence[str], now: float) -> int:
+        if not origins:
+            return 0
+        sql = _REQUEUE.format(", ".join("?" * len(origins)))
+        with self._write() as conn:
+            rows = conn.execute(sql, (now, queue, now, *origins)).fetchall()
+            hops = [(r[0], r[1], r[2], now, "requeue", r[3], f"from {queue}") for r in rows]
+            conn.executemany(_INSERT_HOP, hops)
+        return len(rows)
 
     def purge(self, before: float) -> int:
         with self._write() as conn:
