@@ -68,15 +68,44 @@ class Postoffice:
     links: tuple[str, ...]  # both directions, already made symmetric by the loader
 
 
+TlsMode = Literal["none", "opportunistic", "required"]
+SmarthostPolicy = Literal["failover", "spread"]
+
+
+@dataclass(frozen=True, slots=True)
+class DkimKey:
+    """Sign outbound mail whose From domain is `domain` with this key."""
+
+    domain: str
+    selector: str
+    key_file: Path  # absolute
+
+
 @dataclass(frozen=True, slots=True)
 class Gateway:
     name: str
     postoffice: str
     role: Role
     listen: HostPort | None
-    smarthost: HostPort | None
+    smarthost: HostPort | None  # the first of `smarthosts`, when there are any
     serves: tuple[str, ...]
     relay_from: tuple[IPNetwork, ...]
+    # send side
+    smarthosts: tuple[HostPort, ...] = ()  # in order; empty: deliver to MX hosts
+    smarthost_policy: SmarthostPolicy = "failover"
+    tls: TlsMode = "opportunistic"  # STARTTLS toward the smart host
+    tls_ca: Path | None = None  # CA file to verify the smart host; default: system CAs
+    auth_user: str | None = None
+    auth_password_env: str | None = None  # name of the environment variable
+    auth_password_file: Path | None = None
+    max_sessions: int = 8  # concurrent sessions per smart host
+    max_per_session: int = 100  # messages per session before it is renewed
+    rate: float | None = None  # messages per second toward the smart host, at most
+    resolver: HostPort | None = None  # DNS server for MX lookups; default: the system's
+    dkim: tuple[DkimKey, ...] = ()
+    # receive side
+    tls_cert: Path | None = None  # certificate chain for STARTTLS
+    tls_key: Path | None = None
 
     @property
     def sends(self) -> bool:
@@ -94,6 +123,27 @@ class Capture:
 
 
 @dataclass(frozen=True, slots=True)
+class Delivery:
+    """Retry and notification timing ([delivery]), in seconds."""
+
+    retry_min: float = 60.0
+    retry_max: float = 3600.0
+    warn_after: float = 4 * 3600.0  # delay notification to the sender
+    lifetime: float = 5 * 24 * 3600.0  # bounce what is still undelivered
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Receive-side limits ([limits])."""
+
+    max_message_size: int = 35_000_000
+    max_recipients: int = 1000
+    idle_timeout: float = 300.0  # seconds a client may stay silent
+    max_connections: int = 1000  # at once, all clients
+    max_connections_per_client: int = 50  # at once, from one address
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     name: str
     domains: tuple[str, ...]  # org-wide domains, lower-case
@@ -102,6 +152,8 @@ class Topology:
     gateways: dict[str, Gateway]  # in file order
     capture: Capture | None
     source: Path  # the file it came from, absolute
+    delivery: Delivery = Delivery()
+    limits: Limits = Limits()
 
 
 @dataclass(frozen=True, slots=True)
