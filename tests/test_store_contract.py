@@ -465,11 +465,27 @@ def test_sqlite_file_is_wal_fsynced_and_versioned(tmp_path: Path) -> None:
     assert isinstance(store, SqliteStore)
     conn = store._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL between enqueues
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.VERSION
     store.close()
     assert schema.migrate(sqlite3.connect(path, isolation_level=None)) == schema.VERSION
+
+
+def test_sqlite_enqueue_commits_with_full_sync_and_claims_do_not(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:{tmp_path / 'q.db'}")
+    assert isinstance(store, SqliteStore)
+    seen: list[str] = []
+    store._conn.set_trace_callback(seen.append)
+    store.enqueue([message()], now=1.0)
+    enqueue_log = list(seen)
+    seen.clear()
+    store.claim(ROUTER, "w", 10, 60.0, now=2.0)
+    full = [i for i, sql in enumerate(enqueue_log) if sql == "PRAGMA synchronous = FULL"]
+    commit = enqueue_log.index("COMMIT")
+    assert full and full[0] < commit  # the acknowledged write is fsync'ed
+    assert "PRAGMA synchronous = FULL" not in seen and "COMMIT" in seen
+    store.close()
 
 
 @pytest.mark.parametrize("form", ["sqlite:{}", "sqlite://{}"])

@@ -14,8 +14,9 @@ from gatepost.topology import Native, Topology, UnknownMailbox, lookup, to_smtp
 def report(
     topo: Topology, job: Job, failures: list[policy.Failure], original: bytes, now: float
 ) -> NewMessage | None:
-    """The DSN for `failures` of one message, or None when the sender is <>
-    (a report about a report would loop)."""
+    """The DSN (bounce or delay warning) for `failures` of one message, or None
+    when the sender is <> (a report about a report would loop). It goes to the
+    sender's mailbox when the sender is local, else out through a gateway."""
     if not job.sender:
         return None
     try:
@@ -24,7 +25,8 @@ def report(
         native = None
     where = job.location
     postmaster = postmaster_address(topo, where)
-    content = policy.dsn(mta_name(topo, where), postmaster, job.sender, failures, original, now)
+    about = policy.Report(mta_name(topo, where), postmaster, job.sender, job.created, original)
+    content = policy.dsn(about, failures, now)
     recipient = NewRecipient(job.sender, native.key if native else None)
     return NewMessage(
         sender="",

@@ -110,6 +110,13 @@ class Quit:
 
 
 @dataclass(frozen=True, slots=True)
+class StartTls:
+    """Server side: STARTTLS was accepted (220 queued). The shell flushes
+    data_to_send(), discards whatever it has buffered, and upgrades the socket;
+    the core has already dropped the bytes pipelined behind STARTTLS (RFC 3207)."""
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionClosed:
     """The peer closed the connection, or the core ended the session (after QUIT
     or a 421); the shell flushes data_to_send() and closes the socket."""

@@ -1,5 +1,5 @@
 """Sans-I/O SMTP server core: RFC 5321 with PIPELINING, SIZE, 8BITMIME,
-ENHANCEDSTATUSCODES and SMTPUTF8.
+ENHANCEDSTATUSCODES, SMTPUTF8 and (when the shell can do TLS) STARTTLS.
 
 Turns received bytes into events and the shell's replies into bytes. The order of
 commands is the one table _TABLE (state x verb -> state on success, or refusal).
@@ -9,6 +9,12 @@ or any policy about who may send mail to whom.
 
 Message data ends only at <CRLF>.<CRLF>; bare CR, bare LF or NUL anywhere in it is
 refused after that end (never normalised), closing the SMTP-smuggling hole.
+
+With `strict_sync`, bytes already buffered behind a command that must end a
+pipelined group (EHLO, HELO, DATA; RFC 2920 3.1) end the session with 554:
+such a client does not wait for replies, and after a refused DATA its message
+text would be read as commands. STARTTLS drops whatever was pipelined behind it
+and returns to the state before EHLO (RFC 3207 4.2).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from gatepost.smtp.events import (
     Rcpt,
     Reply,
     Rset,
+    StartTls,
 )
 from gatepost.smtp.parse import TOO_BIG, parse_mail, parse_rcpt
 
@@ -64,10 +71,11 @@ class Verb(Enum):
     QUIT = "QUIT"
     VRFY = "VRFY"
     HELP = "HELP"
+    STARTTLS = "STARTTLS"
 
 
-Event = Ehlo | Mail | Rcpt | Message | Rset | Noop | Quit | ConnectionClosed
-_E = TypeVar("_E", Ehlo, Noop, Quit, Rset)
+Event = Ehlo | Mail | Rcpt | Message | Rset | Noop | Quit | StartTls | ConnectionClosed
+_E = TypeVar("_E", Ehlo, Noop, Quit, Rset, StartTls)
 
 _R = Reply.of
 OK = _R(250, "2.0.0 Ok")
@@ -92,6 +100,15 @@ BARE_CR_LF_DATA = _R(550, "5.6.11 Error: bare CR or LF in message data")
 NUL_DATA = _R(550, "5.6.0 Error: NUL character in message data")
 DATA_LINE_TOO_LONG = _R(552, "5.3.4 Error: line too long")
 MESSAGE_TOO_BIG = TOO_BIG  # "552 5.3.4 Message size exceeds fixed limit"
+READY_FOR_TLS = _R(220, "2.0.0 Ready to start TLS")
+NO_TLS = _R(502, "5.5.1 Error: command not implemented")
+TLS_ACTIVE = _R(554, "5.5.1 Error: TLS already active")
+SYNTAX_STARTTLS = _R(501, "5.5.4 Syntax: STARTTLS")
+IN_TRANSACTION = _R(503, "5.5.1 Error: MAIL transaction in progress")
+OUT_OF_SYNC = _R(554, "5.5.0 Error: SMTP protocol synchronization")
+TALKED_FIRST = _R(554, "5.5.1 Error: talking before the greeting")
+TIMED_OUT = _R(421, "4.4.2 Error: timeout exceeded")
+TOO_MANY_CONNECTIONS = _R(421, "4.7.0 Too many connections")
 
 _S, _V = State, Verb
 
@@ -104,17 +121,22 @@ def _anytime(state: State) -> dict[Verb, State | Reply]:
 
 
 _TABLE: dict[State, dict[Verb, State | Reply]] = {
-    _S.START: {**_anytime(_S.START), _V.MAIL: NEED_HELO, _V.RCPT: NEED_MAIL, _V.DATA: NEED_RCPT},
-    _S.READY: {**_anytime(_S.READY), _V.MAIL: _S.MAIL, _V.RCPT: NEED_MAIL, _V.DATA: NEED_RCPT},
-    _S.MAIL: {**_anytime(_S.MAIL), _V.MAIL: NESTED_MAIL, _V.RCPT: _S.RCPT, _V.DATA: NO_RECIPIENTS},
-    _S.RCPT: {**_anytime(_S.RCPT), _V.MAIL: NESTED_MAIL, _V.RCPT: _S.RCPT, _V.DATA: _S.DATA},
+    _S.START: {**_anytime(_S.START), _V.MAIL: NEED_HELO, _V.RCPT: NEED_MAIL, _V.DATA: NEED_RCPT,
+               _V.STARTTLS: NEED_HELO},
+    _S.READY: {**_anytime(_S.READY), _V.MAIL: _S.MAIL, _V.RCPT: NEED_MAIL, _V.DATA: NEED_RCPT,
+               _V.STARTTLS: _S.START},
+    _S.MAIL: {**_anytime(_S.MAIL), _V.MAIL: NESTED_MAIL, _V.RCPT: _S.RCPT, _V.DATA: NO_RECIPIENTS,
+              _V.STARTTLS: IN_TRANSACTION},
+    _S.RCPT: {**_anytime(_S.RCPT), _V.MAIL: NESTED_MAIL, _V.RCPT: _S.RCPT, _V.DATA: _S.DATA,
+              _V.STARTTLS: IN_TRANSACTION},
 }
 """state x verb -> the state once the command succeeds, or the reply refusing it.
 For MAIL and RCPT "succeeds" means the shell answered 2xx; a Message always
 leads back to READY."""
 
 _VERBS = {verb.value: verb for verb in Verb}
-_NO_ARGUMENT = {_V.DATA: "DATA", _V.RSET: "RSET", _V.QUIT: "QUIT"}
+_MUST_END_GROUP = frozenset({_V.EHLO, _V.HELO, _V.DATA})
+_NO_ARGUMENT = {_V.DATA: "DATA", _V.RSET: "RSET", _V.QUIT: "QUIT", _V.STARTTLS: "STARTTLS"}
 _END_OF_DATA = b"\r\n.\r\n"
 _EMPTY_DATA = b".\r\n"
 
@@ -122,9 +144,19 @@ _EMPTY_DATA = b".\r\n"
 class ServerConnection:
     """One SMTP session, server side. See the module docstring."""
 
-    def __init__(self, hostname: str, limits: Limits = Limits()) -> None:
+    def __init__(
+        self,
+        hostname: str,
+        limits: Limits = Limits(),
+        *,
+        starttls: bool = False,
+        strict_sync: bool = False,
+    ) -> None:
         self.hostname = hostname
         self.limits = limits
+        self.starttls = starttls  # the shell can upgrade to TLS: offer STARTTLS
+        self.strict_sync = strict_sync
+        self.tls_active = False
         self.state = State.START
         self._in = bytearray()
         self._out = bytearray(_R(220, f"{hostname} ESMTP gatepost").to_bytes())
@@ -136,6 +168,7 @@ class ServerConnection:
         self._smtputf8 = False
         self._scan_from = 0  # where to resume searching for the end of data
         self._oversize = False  # data beyond max_message_size is being drained
+        self._greeted = False  # the greeting was taken by data_to_send()
 
     # -- the shell's interface -------------------------------------------------
 
@@ -176,7 +209,18 @@ class ServerConnection:
     def data_to_send(self) -> bytes:
         out = bytes(self._out)
         self._out.clear()
+        self._greeted = True
         return out
+
+    def close_with(self, reply: Reply) -> None:
+        """The shell ends the session (a timeout, a connection limit): `reply`
+        is the last thing sent. Before the greeting was taken it replaces it."""
+        if not self._greeted:
+            self._out.clear()
+        self._out += reply.to_bytes()
+        self.state = State.CLOSED
+        self._pending = None
+        self._in.clear()
 
     # -- command lines -----------------------------------------------------------
 
@@ -228,6 +272,9 @@ class ServerConnection:
         if verb is None:
             self._refuse(UNRECOGNIZED)
             return None
+        if self.strict_sync and verb in _MUST_END_GROUP and self._in:
+            self.close_with(OUT_OF_SYNC)
+            return None
         step = _TABLE[self.state][verb]
         if isinstance(step, Reply):
             self._refuse(step)
@@ -248,6 +295,8 @@ class ServerConnection:
         if verb is Verb.DATA:
             self._start_data()
             return None
+        if verb is Verb.STARTTLS:
+            return self._start_tls()
         if verb is Verb.VRFY or verb is Verb.HELP:
             self._say_or_refuse(verb, argument)
             return None
@@ -270,8 +319,24 @@ class ServerConnection:
         if not esmtp:
             return _R(250, self.hostname)
         size = f"SIZE {self.limits.max_message_size}"
-        extensions = ("PIPELINING", size, "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8")
+        extensions: tuple[str, ...] = ("PIPELINING", size, "8BITMIME", "ENHANCEDSTATUSCODES")
+        extensions += ("SMTPUTF8",)
+        if self.starttls and not self.tls_active:
+            extensions += ("STARTTLS",)
         return _R(250, self.hostname, *extensions)
+
+    def _start_tls(self) -> StartTls | None:
+        if not self.starttls:
+            self._refuse(NO_TLS)
+            return None
+        if self.tls_active:
+            self._refuse(TLS_ACTIVE)
+            return None
+        self._in.clear()  # nothing sent in clear text may count after the upgrade
+        self._discarding = False
+        self.tls_active = True
+        self._end_transaction(State.START)
+        return self._answer(READY_FOR_TLS, StartTls())
 
     def _mail(self, argument: str, next_state: State) -> Mail | None:
         limits = self.limits

@@ -1,9 +1,14 @@
 """SqliteStore: the Store interface on one SQLite file shared by processes.
 
-Does: all reads and writes of mail state on one machine. WAL mode with
-synchronous=FULL, so a commit is fsync'ed before enqueue/complete return;
-every write is one BEGIN IMMEDIATE transaction, so two processes never both
-claim a job. All DML lives here; the schema lives in `schema.py`.
+Does: all reads and writes of mail state on one machine, in WAL mode; every
+write is one BEGIN IMMEDIATE transaction, so two processes never both claim
+a job. Durability: `enqueue` (what a 250 or a printed queue id acknowledges)
+commits with synchronous=FULL, so the WAL is fsync'ed before it returns, and
+that fsync also covers every earlier transaction. Other writes (claims,
+moves, outcomes, admin actions) commit with synchronous=NORMAL: they survive
+a process crash (the OS has the pages) and, after a power loss, at worst
+roll back to an earlier state that is then redone: a move or delivery made
+again, never a message lost. All DML lives here; the schema lives in `schema.py`.
 Must not know: topology, SMTP, retry policy, the clock (callers pass `now`).
 
 Claim fairness: a claim first takes jobs whose lease expired (they were
@@ -174,7 +179,7 @@ def connect(path: Path) -> sqlite3.Connection:
         cached_statements=128,
     )
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
     return conn
@@ -189,8 +194,11 @@ class SqliteStore:
         schema.migrate(self._conn)
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; `durable` fsyncs it before returning."""
         conn = self._conn
+        if durable:
+            conn.execute("PRAGMA synchronous = FULL")
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -199,13 +207,16 @@ class SqliteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            if durable:
+                conn.execute("PRAGMA synchronous = NORMAL")
 
     # -- writes -------------------------------------------------------------
 
     def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[str]:
         if not messages:
             return []
-        with self._write() as conn:
+        with self._write(durable=True) as conn:
             return _insert_messages(conn, messages, now)
 
     def claim(self, queue: str, owner: str, limit: int, lease: float, now: float) -> list[Job]:

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from gatepost.topology.model import (
     Capture,
+    Delivery,
     Gateway,
     HostPort,
     IPNetwork,
@@ -28,6 +29,14 @@ from gatepost.topology.model import (
     TopologyError,
     valid_domain,
 )
+from gatepost.topology.options import (
+    DELIVERY_KEYS,
+    MX,
+    SECRET_KEYS,
+    SEND_KEYS,
+    delivery_options,
+    send_options,
+)
 from gatepost.topology.routes import NoRoute, path
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,15}")
@@ -36,10 +45,10 @@ ROLES: tuple[Role, ...] = ("both", "send", "receive")
 FILE = "<file>"
 Table = dict[str, Any]
 
-TOP_KEYS = ("network", "postoffices", "gateways", "capture")
+TOP_KEYS = ("network", "postoffices", "gateways", "capture", "delivery")
 NETWORK_KEYS = ("name", "domains", "store")
 PO_KEYS = ("domains", "mailboxes", "links")
-GW_KEYS = ("postoffice", "role", "listen", "smarthost", "serves", "relay_from")
+GW_KEYS = ("postoffice", "role", "listen", "smarthost", "serves", "relay_from", *SEND_KEYS)
 CAPTURE_KEYS = ("listen", "dir")
 
 
@@ -162,10 +171,13 @@ class _Builder:
         postoffices = self._postoffices(raw.get("postoffices"), network is not None)
         gateways = self._gateways(raw.get("gateways"), postoffices)
         capture = self._capture(raw.get("capture"))
+        delivery = self._delivery(raw.get("delivery"))
         if network is None:
             return None
         name, domains, store = network
-        topo = Topology(name, domains, store, postoffices, gateways, capture, self.source)
+        topo = Topology(
+            name, domains, store, postoffices, gateways, capture, self.source, delivery
+        )
         _Crosscheck(topo, self.f).run()
         return topo
 
@@ -297,7 +309,7 @@ class _Builder:
         table = _table(self.f, body, key)
         if table is None:
             return None
-        _only(self.f, table, GW_KEYS, key)
+        _only(self.f, {k: v for k, v in table.items() if k not in SECRET_KEYS}, GW_KEYS, key)
         postoffice = _string(self.f, table, "postoffice", key)
         if postoffice is None and "postoffice" not in table:
             self.f.error(f"{key}.postoffice", "missing: the gateway postoffice")
@@ -305,14 +317,20 @@ class _Builder:
             postoffice = None
         role = self._role(_string(self.f, table, "role", key), key)
         listen = self._hostport(table, "listen", key)
-        smarthost = self._hostport(table, "smarthost", key)
+        options = send_options(table, key, self.base, self.f.error)
+        smarthosts = options.get("smarthosts") or ()
+        if table.get("smarthost") != MX:
+            single = self._hostport(table, "smarthost", key)
+            smarthosts = smarthosts or ((single,) if single else ())
+        options["smarthosts"] = smarthosts
+        smarthost = smarthosts[0] if smarthosts else None
         serves = tuple(
             v for k, v in _strings(self.f, table, "serves", key) if self._known_po(k, v, pos)
         )
         relay = self._relay_from(table, key)
         if postoffice is None or role is None:
             return None
-        return Gateway(name, postoffice, role, listen, smarthost, serves, relay)
+        return Gateway(name, postoffice, role, listen, smarthost, serves, relay, **options)
 
     def _role(self, text: str | None, key: str) -> Role | None:
         if text is None:
@@ -341,6 +359,19 @@ class _Builder:
             except ValueError as exc:
                 self.f.error(key, f"bad CIDR {text!r}: {exc}")
         return tuple(networks)
+
+    # [delivery]
+    def _delivery(self, value: object) -> Delivery:
+        table = None if value is None else _table(self.f, value, "delivery")
+        if table is None:
+            return Delivery()
+        _only(self.f, table, DELIVERY_KEYS, "delivery")
+        delivery = Delivery(**delivery_options(table, self.f.error))
+        if delivery.retry_min > delivery.retry_max:
+            self.f.error("delivery.retry_max", "must be at least retry_min")
+        if delivery.warn_after >= delivery.lifetime:
+            self.f.warn("delivery.warn_after", "not before lifetime: no delay warning is ever sent")
+        return delivery
 
     # [capture]
     def _capture(self, value: object) -> Capture | None:
@@ -402,8 +433,12 @@ class _Crosscheck:
     def _gateway_roles(self) -> None:
         for gw in self.topo.gateways.values():
             key = f"gateways.{gw.name}"
-            if gw.sends and gw.smarthost is None:
-                self.f.error_once(f"{key}.smarthost", f"a {gw.role} gateway needs a smarthost")
+            if gw.sends and gw.smarthost is None and not gw.mx:
+                self.f.error_once(
+                    f"{key}.smarthost",
+                    f"a {gw.role} gateway needs a smarthost (host:port), smarthosts (a list), "
+                    'or smarthost = "mx" to deliver to the recipient domains\' MX hosts',
+                )
             if gw.receives and gw.listen is None:
                 self.f.error_once(f"{key}.listen", f"a {gw.role} gateway needs a listen address")
             if not gw.sends and gw.smarthost is not None:
@@ -412,7 +447,7 @@ class _Crosscheck:
                 self.f.warn(f"{key}.listen", "ignored: a send gateway does not receive")
             if not gw.sends and gw.serves:
                 self.f.warn(f"{key}.serves", "ignored: a receive gateway carries no outbound mail")
-            if gw.sends and gw.receives and gw.listen == gw.smarthost and gw.listen:
+            if gw.sends and gw.receives and gw.listen and gw.listen in gw.smarthosts:
                 self.f.error(f"{key}.smarthost", "is this gateway's own listen address (mail loop)")
 
     def _shared_gateway_postoffices(self) -> None:

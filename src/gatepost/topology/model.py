@@ -91,10 +91,12 @@ class Gateway:
     serves: tuple[str, ...]
     relay_from: tuple[IPNetwork, ...]
     # send side
-    smarthosts: tuple[HostPort, ...] = ()  # in order; empty: deliver to MX hosts
+    smarthosts: tuple[HostPort, ...] = ()  # in order; empty with `mx`: deliver to MX hosts
+    mx: bool = False  # `smarthost = "mx"`: deliver to the recipient domains' MX hosts
     smarthost_policy: SmarthostPolicy = "failover"
     tls: TlsMode = "opportunistic"  # STARTTLS toward the smart host
     tls_ca: Path | None = None  # CA file to verify the smart host; default: system CAs
+    tls_verify: bool = True  # verify the smart host's certificate and name
     auth_user: str | None = None
     auth_password_env: str | None = None  # name of the environment variable
     auth_password_file: Path | None = None
@@ -102,6 +104,7 @@ class Gateway:
     max_per_session: int = 100  # messages per session before it is renewed
     rate: float | None = None  # messages per second toward the smart host, at most
     resolver: HostPort | None = None  # DNS server for MX lookups; default: the system's
+    mx_port: int = 25  # port of the MX hosts (tests point it elsewhere)
     dkim: tuple[DkimKey, ...] = ()
     # receive side
     tls_cert: Path | None = None  # certificate chain for STARTTLS
