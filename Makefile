@@ -26,3 +26,20 @@ lint: $(STAMP)
 
 clean:
 	rm -rf examples/var .pytest_cache .mypy_cache .ruff_cache
+
+# Benchmark against a private Postfix (never part of `make test`); see bench/run.py --help.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-large: $(STAMP)
+	$(MAKE) bench BENCH_ARGS="-n 20000 --rounds 5 --latency-seconds 30"
+
+# Crash soak (never part of `make test`): kill -9 under load, then count lost and
+# duplicated mail; see tests/soak.py --help. About 2 minutes with the defaults.
+SOAK_ARGS ?= --messages 5000 --kills 8
+SOAK_DIR ?= /tmp/gatepost-soak
+soak: $(STAMP)
+	rm -rf $(SOAK_DIR)
+	$(BIN)/python tests/soak.py --dir $(SOAK_DIR) $(SOAK_ARGS)

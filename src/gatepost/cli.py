@@ -19,6 +19,7 @@ import click
 
 from gatepost import runner, submit, views
 from gatepost.store import STATES, Store, open_store
+from gatepost.supervisor import Supervisor
 from gatepost.topology import (
     AddressError,
     Native,
@@ -112,8 +113,12 @@ def check_command(config: Path | None) -> None:
               help="Run only these roles: router, gateway:NAME, capture.")
 @click.option("--guide", is_flag=True, help="Print where to point a client and what to try.")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug detail.")
-def run_command(config: Path | None, only: str | None, guide: bool, verbose: bool) -> None:
-    """Run the topology (all roles, or --only some) until SIGTERM or Ctrl-C."""
+@click.option("--ready-fd", type=int, default=None, hidden=True,
+              help="Announce readiness on this file descriptor (used by the supervisor).")
+def run_command(config: Path | None, only: str | None, guide: bool, verbose: bool,
+                ready_fd: int | None) -> None:
+    """Run the topology until SIGTERM or Ctrl-C: every role in a process of its
+    own, or --only the roles named, in this process."""
     topo = topology(config)
     try:
         roles = runner.parse_roles(topo, only)
@@ -123,8 +128,12 @@ def run_command(config: Path | None, only: str | None, guide: bool, verbose: boo
         level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
         format="%(asctime)s gatepost[%(process)d] %(name)s: %(message)s",
     )
-    announce = views.guide(topo, config_path(config)) if guide else views.ready
-    runner.run(topo, roles, announce)
+    path = config_path(config)
+    announce = views.guide(topo, path) if guide else views.ready
+    if only is None:
+        supervisor = Supervisor(path.resolve(), runner.process_roles(topo), verbose)
+        sys.exit(supervisor.run(announce))
+    runner.run(topo, roles, views.to_fd(ready_fd) if ready_fd is not None else announce)
 
 
 @main.command("send")

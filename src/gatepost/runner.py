@@ -30,16 +30,37 @@ def all_roles(topo: Topology) -> list[str]:
     return roles + (["capture"] if topo.capture else [])
 
 
+def side_roles(topo: Topology) -> list[str]:
+    """Each side of each gateway as a role of its own: "gateway:GW1:receive"."""
+    return [
+        f"gateway:{name}:{side}"
+        for name, gw in topo.gateways.items()
+        for side, used in (("receive", gw.receives), ("send", gw.sends))
+        if used
+    ]
+
+
+def process_roles(topo: Topology) -> list[str]:
+    """The roles `run` gives a process each: the router, capture, and every gateway
+    side, so that receiving, routing and sending use all the cores."""
+    return ["router", *side_roles(topo), *(["capture"] if topo.capture else [])]
+
+
 def parse_roles(topo: Topology, text: str | None) -> list[str]:
     """The roles named by --only (comma-separated), or all of them."""
     known = all_roles(topo)
     if not text:
         return known
     roles = [r.strip() for r in text.split(",") if r.strip()]
-    unknown = [r for r in roles if r not in known]
+    unknown = [r for r in roles if r not in known and r not in side_roles(topo)]
     if unknown:
-        raise ValueError(f"unknown role {', '.join(unknown)}; this topology has: {', '.join(known)}")
+        raise ValueError(f"unknown role {', '.join(unknown)}; this topology has: {', '.join(known)}"
+                         f" (or one side of a gateway: {', '.join(side_roles(topo))})")
     return roles
+
+
+def runs_side(roles: list[str], gateway: str, side: str) -> bool:
+    return f"gateway:{gateway}" in roles or f"gateway:{gateway}:{side}" in roles
 
 
 @dataclass
@@ -56,7 +77,7 @@ async def start(topo: Topology, roles: list[str], store: AsyncStore, stop: async
     senders = {
         name: SendSide(topo, gw, store)
         for name, gw in topo.gateways.items()
-        if gw.sends and f"gateway:{name}" in roles
+        if gw.sends and runs_side(roles, name, "send")
     }
     router = Router(topo, store, wake_send=lambda g: senders[g].wake() if g in senders else None)
     if "router" in roles:
@@ -67,7 +88,7 @@ async def start(topo: Topology, roles: list[str], store: AsyncStore, stop: async
         running.stoppers.append(capture.stop)
         running.listening.append(f"capture smart host on {topo.capture.listen}")
     for name, gw in topo.gateways.items():
-        if f"gateway:{name}" in roles and gw.receives:
+        if gw.receives and runs_side(roles, name, "receive"):
             receive = ReceiveSide(topo, gw, store, wake_router=router.wake)
             await receive.start()
             running.stoppers.append(receive.stop)

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,17 @@ def ready(listening: list[str]) -> None:
     click.echo("gatepost: ready", err=True)
 
 
-def guide(topo: Topology, config: Path) -> Any:
+def to_fd(fd: int) -> Callable[[list[str]], None]:
+    """An announce callback for a supervised process: its lines, then "ready", on `fd`."""
+
+    def announce(listening: list[str]) -> None:
+        with os.fdopen(fd, "w") as pipe:
+            pipe.write("".join(f"{line}\n" for line in listening) + "ready\n")
+
+    return announce
+
+
+def guide(topo: Topology, config: Path) -> Callable[[list[str]], None]:
     """An announce callback that also tells a newcomer what to try."""
 
     def announce(listening: list[str]) -> None:

@@ -1,0 +1,1 @@
+"""gatepost's benchmark harness (run with `make bench`; never part of `make test`)."""

@@ -1,0 +1,98 @@
+"""`make bench`: gatepost against a private Postfix, alternating, several rounds.
+
+Measures relay and inbound throughput (median of rounds, ratio gatepost/Postfix),
+acceptance latency at half of each system's median relay rate, and gatepost's
+peak RSS; writes bench/results/latest.{md,json,png}. `--quick` is a smoke check.
+Run as `python bench/run.py` or `python -m bench.run` from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import report
+from bench.common import BenchError, short
+from bench.runs import Factory, latency, throughput
+from bench.setup import describe, factories
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", "--messages", type=int, default=5000, help="relay messages")
+    parser.add_argument("--inbound", type=int, default=None, help="inbound messages (default -n)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-seconds", type=float, default=10.0)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
+    parser.add_argument("--systems", default="gatepost,postfix")
+    parser.add_argument("--gatepost-roles", default="",
+                        help="e.g. 'router;gateway:GW1': one gatepost process per role group")
+    parser.add_argument("--quick", action="store_true", help="n=300, 1 round, 3 s of latency")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.messages, args.rounds, args.latency_seconds = 300, 1, 3.0
+    args.inbound = args.inbound or args.messages
+    return args
+
+
+def attempt(label: str, job: Any, *params: Any) -> dict[str, Any]:
+    """Run one measurement; a failure is recorded (and printed), not fatal."""
+    began = time.monotonic()
+    try:
+        result: dict[str, Any] = job(*params)
+    except (BenchError, OSError) as error:
+        result = {"error": str(error)}
+    shown = short(result["error"]) if "error" in result else f"{result['rate']:.0f} msg/s"
+    print(f"  {label}: {shown} ({time.monotonic() - began:.1f}s)", file=sys.stderr, flush=True)
+    return result
+
+
+def rounds(args: argparse.Namespace, systems: dict[str, Factory]) -> dict[str, Any]:
+    runs: dict[str, Any] = {name: {"relay": [], "inbound": []} for name in systems}
+    for index in range(args.rounds):
+        print(f"round {index + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        for name, factory in systems.items():
+            runs[name]["relay"].append(
+                attempt(f"{name} relay", throughput, factory, "relay", args.messages, args.timeout))
+            runs[name]["inbound"].append(
+                attempt(f"{name} inbound", throughput, factory, "inbound", args.inbound,
+                        args.timeout))
+    for name, factory in systems.items():
+        rates = [r["rate"] for r in runs[name]["relay"] if "rate" in r]
+        if rates:
+            target = statistics.median(rates) / 2
+            runs[name]["latency"] = attempt(f"{name} latency at {target:.0f}/s", latency,
+                                            factory, target, args.latency_seconds)
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    roles = [r for r in args.gatepost_roles.split(";") if r]
+    systems = {k: v for k, v in factories(roles).items() if k in args.systems.split(",")}
+    runs = rounds(args, systems)
+    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "config": vars(args) | {
+        "out": str(args.out)}, "setup": describe(args, roles), "runs": runs}
+    results["summary"] = report.summarize(runs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=1, default=str))
+    report.plot(runs, args.out / "latest.png")
+    (args.out / "latest.md").write_text(report.markdown(results))
+    print(report.summary_table(results["summary"]))
+    print(f"wrote {args.out}/latest.md, latest.json, latest.png", file=sys.stderr)
+    return 0 if report.all_ok(runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
