@@ -35,7 +35,7 @@ def sending_gateways_of(topo: Topology) -> list[str]:
 log = logging.getLogger("gatepost.router")
 
 BATCH = 512
-POLL = 0.25  # seconds between scans when nothing woke us
+POLL = 0.05  # seconds between (read-only) looks at the queue when nothing woke us
 
 
 def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome]:
@@ -81,15 +81,14 @@ class Router:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            if time.time() - self.checked >= policy.HEARTBEAT:
+                await self.failover(time.time())
             if not await self.step():
-                await wait_any(self.wakeup, stop, POLL)
-                self.wakeup.clear()
+                await idle(self.store, ROUTER, self.wakeup, stop, policy.HEARTBEAT)
 
     async def step(self) -> int:
         """Route one batch; returns how many jobs it handled."""
         now = time.time()
-        if now - self.checked >= policy.HEARTBEAT:
-            await self.failover(now)
         jobs = await self.store.claim(ROUTER, self.owner, BATCH, policy.LEASE, now)
         if not jobs:
             return 0
@@ -140,6 +139,20 @@ class Router:
                 log.info("%s: delivered to=<%s> mailbox=%s", job.message_id, job.address, job.mailbox)
             elif isinstance(o, Bounced):
                 log.info("%s: bounced to=<%s> %s", job.message_id, job.address, o.reply)
+
+
+async def idle(
+    store: AsyncStore, queue: str, wakeup: asyncio.Event, stop: asyncio.Event, limit: float
+) -> None:
+    """Wait at most `limit` seconds until `queue` has claimable work (another
+    process may have added it: a cheap read every POLL), a wake-up hint from
+    this process, or a stop."""
+    deadline = time.monotonic() + limit
+    while not (stop.is_set() or wakeup.is_set()) and time.monotonic() < deadline:
+        await wait_any(wakeup, stop, POLL)
+        if await store.due(queue, time.time()):
+            break
+    wakeup.clear()
 
 
 async def wait_any(wakeup: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:

@@ -138,6 +138,9 @@ class AsyncStore:
     async def pending(self, queue: str, now: float | None = None) -> int:
         return await self._call(lambda store: store.pending(queue, now))
 
+    async def due(self, queue: str, now: float) -> bool:
+        return await self._call(lambda store: store.due(queue, now))
+
     async def heartbeat(self, name: str, owner: str, now: float) -> None:
         await self._call(lambda store: store.heartbeat(name, owner, now))
 

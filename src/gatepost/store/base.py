@@ -186,6 +186,10 @@ class Store(Protocol):
         active (leased)."""
         ...
 
+    def due(self, queue: str, now: float) -> bool:
+        """Is anything in `queue` claimable now? Cheap, and takes no write lock."""
+        ...
+
     def heartbeat(self, name: str, owner: str, now: float) -> None:
         """Record that worker `name` (e.g. "gateway:GW1") run by `owner` is alive."""
         ...

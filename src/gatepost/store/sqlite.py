@@ -131,6 +131,9 @@ _REQUEUE = f"""UPDATE jobs SET queue = '{ROUTER}', state = 'incoming', next_atte
     OR (state = 'active' AND lease_until < ?))
     AND message_id IN (SELECT id FROM messages WHERE origin IN ({{}}))
     RETURNING message_id, rcpt_id, address, location"""
+_DUE = """SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'incoming')
+    OR EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'deferred' AND next_attempt <= ?2)
+    OR EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'active' AND lease_until < ?2)"""
 _COUNTS = "SELECT state, count(*) FROM jobs GROUP BY state"
 _PENDING = """SELECT
     (SELECT count(*) FROM jobs WHERE queue = ?1 AND state IN ('incoming', 'active'))
@@ -315,6 +318,10 @@ class SqliteStore:
     def hops(self, message_id: str) -> list[Hop]:
         rows = self._conn.execute(_HOPS, (message_id,)).fetchall()
         return [Hop(*row) for row in rows]
+
+    def due(self, queue: str, now: float) -> bool:
+        """Is anything in `queue` claimable? A read: it never waits for writers."""
+        return bool(self._conn.execute(_DUE, (queue, now)).fetchone()[0])
 
     def counts(self) -> dict[str, int]:
         found = dict(self._conn.execute(_COUNTS).fetchall())
