@@ -3,14 +3,18 @@
 It checks recipients against the topology, stores each message (durably,
 through the group-committing store) before answering 250, and leaves the
 rest to the router. It knows no SMTP syntax (the core does) and never
-delivers or routes.
+delivers or routes. It holds the clock for the core: idle, command and DATA
+deadlines, the early-talker wait, connection limits (see `guard`), and the
+socket's STARTTLS upgrade.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,14 +28,24 @@ from gatepost.smtp.events import (
     Message,
     Rcpt,
     Reply,
+    StartTls,
 )
-from gatepost.smtp.server import Limits, ServerConnection
-from gatepost.store import AsyncStore, NewMessage, NewRecipient
-from gatepost.topology import Gateway, Topology, UnknownMailbox, lookup
+from gatepost.smtp.server import (
+    TALKED_FIRST,
+    TIMED_OUT,
+    TOO_MANY_CONNECTIONS,
+    Limits,
+    ServerConnection,
+    State,
+)
+from gatepost.store import AsyncStore, NewMessage, NewRecipient, new_queue_id
+from gatepost.topology import AddressError, Gateway, Topology, UnknownMailbox, lookup
+from gatepost.topology.model import Limits as TopologyLimits
+
+from .guard import Admission, Deadlines, Pace
 
 log = logging.getLogger("gatepost.receive")
 
-IDLE_TIMEOUT = 300.0  # RFC 5321 4.5.3.2: at least 5 minutes per command
 READ_SIZE = 65536
 
 
@@ -51,12 +65,18 @@ class ReceiveSide:
         store: AsyncStore,
         wake_router: Callable[[], None] = lambda: None,
         limits: Limits | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.topo = topo
         self.gateway = gateway
         self.store = store
         self.wake_router = wake_router
-        self.limits = limits or Limits()
+        self.limits = limits or core_limits(topo.limits)
+        self.deadlines = deadlines or Deadlines(idle=topo.limits.idle_timeout)
+        self.admission = Admission(
+            topo.limits.max_connections, topo.limits.max_connections_per_client
+        )
+        self.tls = server_tls(gateway)
         self.hostname = hostname_of(topo, gateway)
         self.server: asyncio.Server | None = None
 
@@ -82,15 +102,35 @@ class ReceiveSide:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("unknown", 0)
-        session = Session(self, str(peer[0]))
+        client = str(peer[0])
+        if not self.admission.enter(client):
+            writer.write(TOO_MANY_CONNECTIONS.to_bytes())
+            writer.close()
+            return
+        session = Session(self, client)
         try:
             await session.run(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
         except TimeoutError:
-            writer.write(b"421 4.4.2 Error: timeout exceeded\r\n")
+            session.conn.close_with(TIMED_OUT)
+            writer.write(session.conn.data_to_send())
+        except OSError:  # the peer went away, or a TLS handshake failed
+            pass
         finally:
+            self.admission.leave(client)
             writer.close()
+
+
+def core_limits(limits: TopologyLimits) -> Limits:
+    return Limits(max_message_size=limits.max_message_size, max_recipients=limits.max_recipients)
+
+
+def server_tls(gateway: Gateway) -> ssl.SSLContext | None:
+    """The context for STARTTLS, when the gateway has a certificate and key."""
+    if gateway.tls_cert is None or gateway.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(gateway.tls_cert, gateway.tls_key)
+    return context
 
 
 def hostname_of(topo: Topology, gateway: Gateway) -> str:
@@ -107,22 +147,26 @@ class Session:
         self.peer = peer
         self.helo = ""
         self.envelope = Envelope()
-        self.conn = ServerConnection(side.hostname, side.limits)
+        self.conn = ServerConnection(
+            side.hostname, side.limits, starttls=side.tls is not None, strict_sync=True
+        )
         self.may_relay = relay_allowed(peer, side.gateway)
+        self.pace = Pace(side.deadlines, time.monotonic())
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = self.conn
+        await self.pregreet(reader)
         while True:
             event = conn.next_event()
             if event is NEED_DATA:
-                writer.write(conn.data_to_send())
-                await writer.drain()
-                data = await asyncio.wait_for(reader.read(READ_SIZE), IDLE_TIMEOUT)
-                conn.receive_data(data)
+                await self.flush(writer)
+                conn.receive_data(await self.read(reader))
             elif isinstance(event, ConnectionClosed):
-                writer.write(conn.data_to_send())
-                await writer.drain()
+                await self.flush(writer)
                 return
+            elif isinstance(event, StartTls):
+                await self.flush(writer)
+                await self.upgrade(reader, writer)
             elif isinstance(event, Mail):
                 self.envelope = Envelope(event.sender)
                 conn.send(Reply.of(250, "2.1.0 Ok"))
@@ -134,11 +178,55 @@ class Session:
             elif isinstance(event, Ehlo):
                 self.helo = event.domain
 
+    async def pregreet(self, reader: asyncio.StreamReader) -> None:
+        """Wait a moment before the greeting: whoever talks first gets 554."""
+        wait = self.side.deadlines.pregreet
+        if wait <= 0:
+            return
+        try:
+            early = await asyncio.wait_for(reader.read(1), wait)
+        except TimeoutError:
+            return
+        if early:
+            log.info("client %s talked before the greeting", self.peer)
+            self.conn.close_with(TALKED_FIRST)
+        else:
+            self.conn.receive_data(b"")
+
+    async def flush(self, writer: asyncio.StreamWriter) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            writer.write(out)
+            self.pace.replied(time.monotonic())
+        await asyncio.wait_for(writer.drain(), self.side.deadlines.idle)
+
+    async def read(self, reader: asyncio.StreamReader) -> bytes:
+        now = time.monotonic()
+        self.pace.reading(self.conn.state is State.DATA, now)
+        timeout = self.pace.timeout(now)
+        if timeout <= 0:
+            raise TimeoutError
+        data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
+        self.pace.received(len(data))
+        return data
+
+    async def upgrade(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """STARTTLS: drop clear text the stream already buffered (the core dropped
+        what it had), then handshake. No await between the two lets bytes in."""
+        assert self.side.tls is not None
+        reader._buffer.clear()  # type: ignore[attr-defined]  # no public way to discard it
+        await writer.start_tls(
+            self.side.tls, ssl_handshake_timeout=self.side.deadlines.command
+        )
+        self.helo, self.envelope = "", Envelope()
+
     def recipient(self, address: str) -> Reply:
         try:
             native = lookup(self.side.topo, address)
         except UnknownMailbox:
             return Reply.of(550, f"5.1.1 <{address}>: Recipient address rejected: no such mailbox")
+        except AddressError:
+            return Reply.of(550, f"5.1.3 <{address}>: Recipient address rejected: bad address")
         if native is None and not self.may_relay:
             return Reply.of(550, f"5.7.1 <{address}>: Relay access denied")
         self.envelope.recipients.append(
@@ -150,8 +238,10 @@ class Session:
         envelope, self.envelope = self.envelope, Envelope()
         side = self.side
         now = time.time()
-        trace = policy.received_header(side.hostname, self.helo or "unknown", self.peer, "", now)
+        queue_id = new_queue_id()
+        trace = policy.received_header(side.hostname, self.helo or "unknown", self.peer, queue_id, now)
         message = NewMessage(
+            queue_id=queue_id,
             sender=envelope.sender,
             recipients=tuple(envelope.recipients),
             content=trace + content,
@@ -173,7 +263,8 @@ class Session:
 
 def store_failure(error: Exception) -> Reply:
     log.error("store failure, message refused with 4xx: %s", error)
-    if "full" in str(error):
+    no_space = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if no_space or "full" in str(error):  # SQLite: "database or disk is full"
         return Reply.of(452, "4.3.1 Insufficient system storage")
     return Reply.of(451, "4.3.0 Error: queue file write error")
 

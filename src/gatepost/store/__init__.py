@@ -27,7 +27,7 @@ from .base import (
     Store,
     send_queue,
 )
-from .sqlite import SqliteStore
+from .sqlite import SqliteStore, new_queue_id
 
 __all__ = [
     "ROUTER",
@@ -47,6 +47,7 @@ __all__ = [
     "Released",
     "SqliteStore",
     "Store",
+    "new_queue_id",
     "open_store",
     "send_queue",
 ]

@@ -38,6 +38,7 @@ class NewMessage:
     location: str  # postoffice where it enters the network
     origin: str  # postoffice whose gateway group carries its outbound mail
     received_by: str  # "gateway:GW1", "cli", "bounce"
+    queue_id: str = ""  # given in advance (store.new_queue_id), or made by enqueue
 
 
 @dataclass(frozen=True, slots=True)

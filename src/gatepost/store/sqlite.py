@@ -171,6 +171,11 @@ class QueueIds:
 QUEUE_IDS = QueueIds()
 
 
+def new_queue_id() -> str:
+    """A fresh queue id, for a caller that must name a message before storing it."""
+    return QUEUE_IDS.next()
+
+
 def connect(path: Path) -> sqlite3.Connection:
     """Open `path` (creating its directory) with the pragmas every user needs."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -358,7 +363,7 @@ def _insert_messages(
     conn: sqlite3.Connection, messages: Sequence[NewMessage], now: float
 ) -> list[str]:
     """Write messages, one incoming job and one "received" hop per recipient."""
-    ids = [QUEUE_IDS.next() for _ in messages]
+    ids = [msg.queue_id or QUEUE_IDS.next() for msg in messages]
     message_rows, job_rows, hop_rows = [], [], []
     for message_id, msg in zip(ids, messages):
         if not msg.recipients:
@@ -419,7 +424,9 @@ def _delivered(conn: sqlite3.Connection, outcome: Delivered, now: float) -> Row 
         return None
     if job.mailbox is not None:
         conn.execute(_INSERT_MAILBOX, (job.mailbox, job.message_id, now))
-        return _outcome_hop(job, now, "delivered", "", f"mailbox {job.mailbox}")
+        postoffice = job.mailbox.split("/", 1)[0]  # where the last move brought it
+        detail = f"mailbox {job.mailbox}"
+        return (job.message_id, job.rcpt_id, job.address, now, "delivered", postoffice, detail)
     return _outcome_hop(job, now, "delivered", outcome.relay, outcome.reply)
 
 
