@@ -437,6 +437,43 @@ def claim_until_empty(url: str, owner: str, start: object, out: object) -> None:
     out.put((owner, got))  # type: ignore[attr-defined]
 
 
+def test_heartbeats_tell_which_workers_run(store: Store) -> None:
+    store.heartbeat("gateway:GW1", "p1", now=100.0)
+    store.heartbeat("gateway:GW2", "p2", now=90.0)
+    assert store.alive(since=95.0) == {"gateway:GW1"}
+    store.forget("gateway:GW1", "someone-else")
+    assert store.alive(since=95.0) == {"gateway:GW1"}
+    store.forget("gateway:GW1", "p1")
+    assert store.alive(since=0.0) == {"gateway:GW2"}
+
+
+def test_requeue_hands_a_stopped_gateways_mail_back_to_the_router(store: Store) -> None:
+    [waiting, in_flight, other_origin] = store.enqueue(
+        [message(), message(), NewMessage("a@b.c", (NewRecipient("x@y.z", None),), b"x",
+                                          "HQ", "ENG", "cli")], now=100.0)
+    for job in store.claim(ROUTER, "r", 10, LEASE, now=101.0):
+        store.complete([Moved(job, "HQ", SEND)], now=102.0)
+    assert {j.message_id for j in store.claim(SEND, "gw1", 1, LEASE, now=103.0)} == {waiting}
+    assert store.requeue(SEND, ["SALES"], now=104.0) == 2  # the active one too
+    assert store.due(ROUTER, now=104.0) and store.due(SEND, now=104.0)
+    back = {j.message_id for j in store.claim(ROUTER, "r", 10, LEASE, now=105.0)}
+    assert back == {waiting, in_flight}
+    assert [j.message_id for j in store.claim(SEND, "gw2", 10, LEASE, now=105.0)] == [other_origin]
+    assert "requeue" in [hop.event for hop in store.hops(waiting)]
+
+
+def test_due_sees_incoming_due_retries_and_expired_leases_only(store: Store) -> None:
+    assert not store.due(ROUTER, now=0.0)
+    store.enqueue([message()], now=100.0)
+    assert store.due(ROUTER, now=100.0)
+    job = claim_one(store, now=101.0)
+    assert not store.due(ROUTER, now=102.0)
+    assert store.due(ROUTER, now=101.0 + LEASE + 1)
+    store.complete([Deferred(job, retry_at=200.0, reply="451 later")], now=103.0)
+    assert not store.due(ROUTER, now=199.0)
+    assert store.due(ROUTER, now=200.0)
+
+
 def test_claims_from_concurrent_processes_never_overlap(backend: Backend, store: Store) -> None:
     ids = store.enqueue([message() for _ in range(2000)], now=1.0)
     ctx = multiprocessing.get_context("spawn")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from gatepost import runner, submit, views
+from gatepost.deliverylog import FORMAT_VARIABLE
 from gatepost.store import STATES, Store, open_store
 from gatepost.supervisor import Supervisor
 from gatepost.topology import (
@@ -124,16 +126,36 @@ def run_command(config: Path | None, only: str | None, guide: bool, verbose: boo
         roles = runner.parse_roles(topo, only)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--only") from error
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-        format="%(asctime)s gatepost[%(process)d] %(name)s: %(message)s",
-    )
+    configure_logging(verbose)
     path = config_path(config)
     announce = views.guide(topo, path) if guide else views.ready
     if only is None:
         supervisor = Supervisor(path.resolve(), runner.process_roles(topo), verbose)
         sys.exit(supervisor.run(announce))
     runner.run(topo, roles, views.to_fd(ready_fd) if ready_fd is not None else announce)
+
+
+class JsonLines(logging.Formatter):
+    """GATEPOST_LOG_FORMAT=json: one JSON object per line; delivery log lines
+    (already JSON objects) pass through as they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if message.startswith("{"):
+            return message
+        fields = {"time": record.created, "process": record.process,
+                  "logger": record.name, "level": record.levelname, "message": message}
+        return json.dumps(fields, ensure_ascii=False)
+
+
+def configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get(FORMAT_VARIABLE, "").lower() == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s gatepost[%(process)d] %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 @main.command("send")

@@ -204,8 +204,10 @@ class Store(Protocol):
         ...
 
     def requeue(self, queue: str, origins: Sequence[str], now: float) -> int:
-        """Hand the waiting jobs of `queue` whose message origin is in `origins`
-        back to the router (a gateway stopped: another one takes them)."""
+        """Hand the jobs of `queue` whose message origin is in `origins` back to
+        the router: the gateway stopped, another one takes them. Its active jobs
+        too, whatever their lease says: its owner is gone (if it was only slow,
+        a message may go out twice, never not at all)."""
         ...
 
     def purge(self, before: float) -> int:

@@ -127,8 +127,7 @@ _HEARTBEAT = """INSERT INTO workers (name, owner, seen) VALUES (?, ?, ?)
 _FORGET = "DELETE FROM workers WHERE name = ? AND owner = ?"
 _ALIVE = "SELECT name FROM workers WHERE seen >= ?"
 _REQUEUE = f"""UPDATE jobs SET queue = '{ROUTER}', state = 'incoming', next_attempt = NULL,
-    {_UNLEASE} WHERE queue = ? AND (state IN ('incoming', 'deferred')
-    OR (state = 'active' AND lease_until < ?))
+    {_UNLEASE} WHERE queue = ? AND state IN ('incoming', 'deferred', 'active')
     AND message_id IN (SELECT id FROM messages WHERE origin IN ({{}}))
     RETURNING message_id, rcpt_id, address, location"""
 _DUE = """SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'incoming')
@@ -283,7 +282,7 @@ class SqliteStore:
             return 0
         sql = _REQUEUE.format(", ".join("?" * len(origins)))
         with self._write() as conn:
-            rows = conn.execute(sql, (now, queue, now, *origins)).fetchall()
+            rows = conn.execute(sql, (now, queue, *origins)).fetchall()
             hops = [(r[0], r[1], r[2], now, "requeue", r[3], f"from {queue}") for r in rows]
             conn.executemany(_INSERT_HOP, hops)
         return len(rows)
