@@ -1,17 +1,24 @@
 """An outbound SMTP session: the asyncio shell around the client core.
 
-Opens a connection, says EHLO, runs pipelined transactions and reports one
-reply per recipient. It holds no protocol knowledge of its own and decides
-nothing about retries.
+Opens a connection, says EHLO, upgrades to TLS with STARTTLS (and says EHLO
+again) and authenticates when told to, runs pipelined transactions and
+reports one reply per recipient. It holds no protocol knowledge of its own
+and decides nothing about retries: trouble with the host itself (TLS, AUTH)
+is raised as a SessionError with a 4xx reply, so the mail waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
 
-from gatepost.smtp.client import ClientConnection
+from gatepost.credentials import Login
+from gatepost.smtp.client import ClientConnection, auth_login, auth_plain
 from gatepost.smtp.events import (
     NEED_DATA,
+    ClientCommand,
     Command,
     ConnectionClosed,
     Data,
@@ -23,7 +30,9 @@ from gatepost.smtp.events import (
     Reply,
     Response,
     Rset,
+    StartTls,
 )
+from gatepost.topology.model import TlsMode
 
 CONNECT_TIMEOUT = 30.0
 REPLY_TIMEOUT = 300.0  # RFC 5321 4.5.3.2: 5 minutes for MAIL, RCPT, the greeting
@@ -39,14 +48,42 @@ class SessionError(Exception):
         self.reply = reply
 
 
+@dataclass(frozen=True, slots=True)
+class Security:
+    """How to protect a session: STARTTLS mode and context, and AUTH login."""
+
+    tls: TlsMode = "none"
+    context: ssl.SSLContext | None = None
+    login: Login | None = None
+
+
+def client_context(tls: TlsMode, ca_file: Path | None, verify: bool) -> ssl.SSLContext | None:
+    """The TLS context toward a smart host: system CAs (or `ca_file`), names checked."""
+    if tls == "none":
+        return None
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def defer(text: str) -> SessionError:
+    return SessionError(Reply.of(451, text))
+
+
 class Outbound:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.conn = ClientConnection()
+        self.tls_active = False
 
     @classmethod
-    async def open(cls, host: str, port: int, helo: str) -> Outbound:
+    async def open(
+        cls, host: str, port: int, helo: str,
+        security: Security = Security(), server_name: str | None = None,
+    ) -> Outbound:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, limit=READ_SIZE), CONNECT_TIMEOUT
         )
@@ -54,10 +91,53 @@ class Outbound:
         try:
             await session.expect_positive((await session.response()).reply)
             await session.hello(helo)
+            await session.secure(security, helo, server_name or host)
+            await session.authenticate(security.login, clear_ok=security.tls == "none")
         except BaseException:
             writer.close()
             raise
         return session
+
+    async def secure(self, security: Security, helo: str, server_name: str) -> None:
+        """STARTTLS when offered (or required), then EHLO again over TLS."""
+        if security.tls == "none" or security.context is None:
+            return
+        if "STARTTLS" not in self.conn.extensions:
+            if security.tls == "required":
+                raise defer(f"4.7.4 TLS is required but {server_name} does not offer STARTTLS")
+            return
+        reply = await self.command(StartTls())
+        if reply.code != 220:
+            if security.tls == "required":
+                raise defer(f"4.7.4 TLS is required but STARTTLS was refused: {reply.code} {reply.text}")
+            return
+        try:
+            await self.writer.start_tls(security.context, server_hostname=server_name)
+        except (ssl.SSLError, ssl.CertificateError, ConnectionError) as exc:
+            raise defer(f"4.7.5 TLS with {server_name} failed: {exc}") from exc
+        self.tls_active = True
+        await self.hello(helo)
+
+    async def authenticate(self, login: Login | None, clear_ok: bool) -> None:
+        """AUTH PLAIN (or LOGIN); refuses to send a password in clear unless
+        TLS was switched off on purpose (tls = "none")."""
+        if login is None:
+            return
+        if not self.tls_active and not clear_ok:
+            raise defer("4.7.0 will not send the AUTH password in clear: no STARTTLS")
+        offered = self.conn.auth_mechanisms
+        if "PLAIN" in offered:
+            steps: tuple[ClientCommand, ...] = (auth_plain(login.user, login.password),)
+        elif "LOGIN" in offered:
+            steps = auth_login(login.user, login.password)
+        else:
+            raise defer("4.7.0 the smart host offers neither AUTH PLAIN nor AUTH LOGIN")
+        for step in steps:
+            reply = await self.command(step)
+            if reply.code not in (235, 334):
+                raise defer(f"4.7.8 authentication as {login.user} failed: {reply.code} {reply.text}")
+        if reply.code != 235:
+            raise defer(f"4.7.8 authentication as {login.user} not completed: {reply.code}")
 
     async def hello(self, helo: str) -> None:
         reply = await self.command(Ehlo(helo))
@@ -69,7 +149,7 @@ class Outbound:
         if not reply.is_positive:
             raise SessionError(reply)
 
-    async def command(self, command: Command, timeout: float = REPLY_TIMEOUT) -> Reply:
+    async def command(self, command: ClientCommand, timeout: float = REPLY_TIMEOUT) -> Reply:
         self.writer.write(self.conn.send(command))
         return (await self.response(timeout)).reply
 

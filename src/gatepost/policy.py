@@ -18,24 +18,25 @@ HEARTBEAT_TTL = 5.0  # a gateway silent for longer is taken as stopped
 BUSY_RETRY = 5.0  # seconds before mail refused with 421 (too busy) is tried again
 DEAD_HOST = 60.0  # a smart host that could not be reached is tried last for this long
 SHRINK_FOR = 60.0  # after a 421, fewer sessions to that host for this long
+DEFAULTS = Delivery()  # retry_min 60 s, retry_max 1 h, warn_after 4 h, lifetime 5 d
 
 
-def retry_delay(attempts: int, delivery: Delivery = Delivery()) -> float:
+def retry_delay(attempts: int, delivery: Delivery = DEFAULTS) -> float:
     """Exponential backoff: retry_min, doubled per earlier attempt, capped at retry_max."""
     return float(min(delivery.retry_max, delivery.retry_min * 2 ** min(attempts, 30)))
 
 
-def expired(created: float, now: float, delivery: Delivery = Delivery()) -> bool:
+def expired(created: float, now: float, delivery: Delivery = DEFAULTS) -> bool:
     """Has the message been queued for its whole lifetime?"""
     return now - created >= delivery.lifetime
 
 
-def warn_due(created: float, now: float, delivery: Delivery = Delivery()) -> bool:
+def warn_due(created: float, now: float, delivery: Delivery = DEFAULTS) -> bool:
     """Is a deferral at `now` late enough to tell the sender (warn_after 0: never)?"""
     return 0 < delivery.warn_after <= now - created
 
 
-def already_warned(created: float, deferrals: list[float], delivery: Delivery = Delivery()) -> bool:
+def already_warned(created: float, deferrals: list[float], delivery: Delivery = DEFAULTS) -> bool:
     """Was the sender told already? A delay warning goes out with the first
     deferral that is due one, in the same transaction, so an earlier
     deferral at a due time (`deferrals`: their times) means it was sent."""

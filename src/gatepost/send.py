@@ -1,22 +1,28 @@
 """Send side of a gateway: hands what waits in its gateway postoffice to the
-smart host, over several SMTP sessions, several messages per session, pipelined.
+smart hosts (or the recipient domains' MX hosts), over several SMTP sessions,
+several messages per session, pipelined.
 
-It records each recipient's outcome in the store; when to retry or bounce is
-`policy`'s decision. It knows no SMTP syntax (the client core does).
+It records each recipient's outcome in the store, with the bounces and delay
+warnings they call for; when to retry, warn or bounce is `policy`'s decision,
+where to connect and how often is `relays`'. It knows no SMTP syntax (the
+client core does) and no DNS (`mx` does).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from itertools import groupby
 
-from gatepost import notify, policy
-from gatepost.outbound import Outbound, SessionError
+from gatepost import credentials, deliverylog, notify, policy
+from gatepost.mx import MxResolver, NoMailHost
+from gatepost.outbound import Outbound, Security, SessionError, client_context, defer
+from gatepost.relays import Gate, Pace, Relays
 from gatepost.router import wait_any
+from gatepost.signing import Signer
 from gatepost.smtp.events import Reply
 from gatepost.store import (
     AsyncStore,
@@ -29,22 +35,64 @@ from gatepost.store import (
     send_queue,
 )
 from gatepost.topology import Gateway, Topology
+from gatepost.topology.model import Delivery, HostPort
 
-log = logging.getLogger("gatepost.send")
-
-SESSIONS = 8  # concurrent sessions to the smart host
-PER_SESSION = 64  # recipients claimed per batch
+PER_CLAIM = 64  # recipients claimed per batch
 POLL = 0.25
+GATE_WAIT = 30.0  # seconds a worker waits for a free session before deferring
 
 
-def outcome(job: Job, reply: Reply, relay: str, now: float, retry: policy.Retry) -> Outcome:
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One host to connect to, and the name its certificate must carry."""
+
+    address: HostPort
+    name: str
+
+    def __str__(self) -> str:
+        if self.name == self.address.host:
+            return str(self.address)
+        return f"{self.name}[{self.address.host}]:{self.address.port}"
+
+
+@dataclass
+class Link:
+    """An open session, the gate it holds a place in, and what it carried."""
+
+    session: Outbound
+    target: Target
+    gate: Gate
+    destination: str
+    sent: int = 0
+
+
+def outcome(job: Job, reply: Reply, relay: str, now: float, delivery: Delivery) -> Outcome:
     """What one reply means for one recipient."""
-    text = f"{reply.code} {reply.text}"
+    text = f"{reply.code} {policy.one_line(reply.text)}"
     if reply.is_positive:
         return Delivered(job, relay, text)
-    if reply.is_permanent or policy.expired(job.created, now, retry):
+    if reply.is_permanent or policy.expired(job.created, now, delivery):
         return Bounced(job, text, relay)
-    return Deferred(job, now + policy.retry_delay(job.attempts, retry), text, relay)
+    if reply.code == 421:  # the host is busy, not the recipient: try again soon
+        return Deferred(job, now + policy.BUSY_RETRY, text, relay)
+    return Deferred(job, now + policy.retry_delay(job.attempts, delivery), text, relay)
+
+
+def destination_of(job: Job, by_domain: bool) -> str:
+    return job.address.rpartition("@")[2].lower() if by_domain else ""
+
+
+def by_destination(jobs: list[Job], by_domain: bool) -> Iterator[tuple[str, list[Job]]]:
+    """Jobs grouped per destination (one per recipient domain for MX delivery),
+    each group ordered by message."""
+    ordered = sorted(jobs, key=lambda job: (destination_of(job, by_domain), job.message_id))
+    for key, group in groupby(ordered, key=lambda job: destination_of(job, by_domain)):
+        yield key, list(group)
+
+
+def by_message(jobs: Iterable[Job]) -> Iterator[list[Job]]:
+    for _, group in groupby(jobs, key=lambda job: job.message_id):
+        yield list(group)
 
 
 class SendSide:
@@ -53,15 +101,25 @@ class SendSide:
         topo: Topology,
         gateway: Gateway,
         store: AsyncStore,
-        sessions: int = SESSIONS,
-        retry: policy.Retry | None = None,
+        sessions: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        assert gateway.smarthost is not None
+        assert gateway.smarthosts or gateway.mx, "a sending gateway needs smart hosts or MX"
         self.topo = topo
         self.gateway = gateway
         self.store = store
-        self.sessions = sessions
-        self.retry = retry or policy.Retry()
+        self.delivery = topo.delivery
+        self.clock = clock
+        spread = gateway.smarthost_policy == "spread"
+        hosts = max(1, len(gateway.smarthosts)) if spread else 1
+        self.sessions = sessions or gateway.max_sessions * hosts
+        self.relays = Relays(spread=spread)
+        self.gates: dict[HostPort, Gate] = {}
+        self.freed = asyncio.Event()
+        self.pace = Pace(gateway.rate, clock)
+        self.signer = Signer(gateway.dkim)
+        self.context = client_context(gateway.tls, gateway.tls_ca, gateway.tls_verify)
+        self.mx = MxResolver(gateway.resolver, gateway.mx_port) if gateway.mx else None
         self.queue = send_queue(gateway.name)
         self.owner = f"{self.queue}:{os.getpid()}"
         self.wakeup = asyncio.Event()
@@ -78,102 +136,200 @@ class SendSide:
         """Tell the store this gateway runs; on a clean stop, that it does not."""
         name = f"gateway:{self.gateway.name}"
         while not stop.is_set():
-            await self.store.heartbeat(name, self.owner, time.time())
+            await self.store.heartbeat(name, self.owner, self.clock())
             await wait_any(stop, stop, policy.HEARTBEAT)
         await self.store.forget(name, self.owner)
 
     async def worker(self, stop: asyncio.Event) -> None:
-        session: Outbound | None = None
+        link: Link | None = None
         try:
             while not stop.is_set():
                 jobs = await self.store.claim(
-                    self.queue, self.owner, PER_SESSION, policy.LEASE, time.time()
+                    self.queue, self.owner, PER_CLAIM, policy.LEASE, self.clock()
                 )
                 if not jobs:
-                    await close(session)
-                    session = None
+                    await self.release(link)
+                    link = None
                     await wait_any(self.wakeup, stop, POLL)
                     self.wakeup.clear()
                     continue
-                session = await self.deliver(session, jobs)
+                for destination, group in by_destination(jobs, self.mx is not None):
+                    link = await self.deliver(link, destination, group)
         finally:
-            await close(session)
+            await self.release(link)
 
-    async def deliver(self, session: Outbound | None, jobs: list[Job]) -> Outbound | None:
-        """Deliver a batch over `session` (opened if needed); returns the session
-        to reuse, or None when it broke."""
+    async def deliver(self, link: Link | None, destination: str, jobs: list[Job]) -> Link | None:
+        """Deliver jobs for one destination, over `link` when it goes there;
+        returns the link to reuse, or None when it broke or was used up."""
         outcomes: list[Outcome] = []
-        relay = str(self.gateway.smarthost)
+        if link is not None and link.destination != destination:
+            await self.release(link)
+            link = None
         try:
-            session = session or await self.connect()
-            for _, group in groupby(jobs, key=lambda job: job.message_id):
-                outcomes += await self.transact(session, list(group), relay)
+            for group in by_message(jobs):
+                if link is None or link.sent >= self.gateway.max_per_session:
+                    await self.release(link)
+                    link = None
+                    link = await self.connect(destination)
+                outcomes += await self.transact(link, group)
+        except NoMailHost as error:
+            outcomes += self.failed(jobs, outcomes, Reply.of(int(error.reply[:3]), error.reply[4:]), "")
         except (SessionError, OSError, TimeoutError) as error:
-            done = {(o.job.message_id, o.job.rcpt_id) for o in outcomes}
-            reply = getattr(error, "reply", None) or Reply.of(451, f"4.4.1 {relay}: {error or 'timeout'}")
-            now = time.time()
-            outcomes += [
-                outcome(job, reply, relay, now, self.retry)
-                for job in jobs
-                if (job.message_id, job.rcpt_id) not in done
-            ]
-            await close(session)
-            session = None
+            reply = getattr(error, "reply", None) or Reply.of(451, f"4.4.2 {error or 'timeout'}")
+            relay = str(link.target) if link else ""
+            if link is not None and reply.code == 421:
+                link.gate.shrink()
+            outcomes += self.failed(jobs, outcomes, reply, relay)
+            await self.release(link, polite=False)
+            link = None
         await self.record(outcomes)
+        if link is not None and link.gate.open > link.gate.capacity():
+            await self.release(link)
+            link = None
+        return link
+
+    def failed(self, jobs: list[Job], done: list[Outcome], reply: Reply, relay: str) -> list[Outcome]:
+        """Outcomes for the jobs not yet decided when the session failed."""
+        decided = {(o.job.message_id, o.job.rcpt_id) for o in done}
+        now = self.clock()
+        return [
+            outcome(job, reply, relay, now, self.delivery)
+            for job in jobs
+            if (job.message_id, job.rcpt_id) not in decided
+        ]
+
+    async def targets(self, destination: str) -> list[Target]:
+        if self.mx is None:
+            return [Target(host, host.host) for host in self.gateway.smarthosts]
+        return [Target(address, name) for address, name in await self.mx.hosts(destination)]
+
+    async def connect(self, destination: str) -> Link:
+        """A session to the first host of `destination` that answers, in the
+        order `relays` gives; waits while every host's gate is full."""
+        targets = await self.targets(destination)
+        error = defer(f"4.4.5 every session to {destination or 'the smart host'} is busy")
+        deadline = self.clock() + GATE_WAIT
+        while self.clock() < deadline:
+            tried = False
+            for target in self.relays.order([t.address for t in targets], self.clock()):
+                found = next(t for t in targets if t.address == target)
+                gate = self.gate(target)
+                if not gate.try_enter():
+                    continue
+                tried = True
+                try:
+                    return Link(await self.open(found), found, gate, destination)
+                except SessionError as exc:
+                    error = exc
+                gate.leave()
+                self.freed.set()
+            if tried and error.reply.code != 421:
+                break
+            self.freed.clear()
+            await wait_any(self.freed, self.freed, 1.0)
+        raise error
+
+    def gate(self, host: HostPort) -> Gate:
+        if host not in self.gates:
+            self.gates[host] = Gate(self.gateway.max_sessions, self.clock)
+        return self.gates[host]
+
+    async def open(self, target: Target) -> Outbound:
+        """Open one session; a host that cannot be reached goes last for a while,
+        a busy one (421) gets fewer sessions."""
+        host = target.address
+        try:
+            login = credentials.login(self.gateway)
+        except credentials.MissingSecret as exc:
+            raise defer(f"4.7.0 no AUTH password: {exc}") from exc
+        security = Security(self.gateway.tls, self.context, login)
+        try:
+            session = await Outbound.open(host.host, host.port, self.helo, security, target.name)
+        except (OSError, TimeoutError) as exc:
+            self.relays.dead(host, self.clock())
+            raise defer(f"4.4.1 cannot connect to {target}: {exc or 'timeout'}") from exc
+        except SessionError as exc:
+            if exc.reply.code == 421:
+                self.gate(host).shrink()
+            raise SessionError(Reply.of(min(exc.reply.code, 451), exc.reply.text)) from exc
+        self.relays.alive(host)
         return session
 
-    async def connect(self) -> Outbound:
-        smarthost = self.gateway.smarthost
-        assert smarthost is not None
-        return await Outbound.open(smarthost.host, smarthost.port, self.helo)
-
-    async def transact(self, session: Outbound, jobs: list[Job], relay: str) -> list[Outcome]:
+    async def transact(self, link: Link, jobs: list[Job]) -> list[Outcome]:
         first = jobs[0]
         content = await self.store.content(first.message_id)
-        replies = await session.transact(first.sender, [job.address for job in jobs], content)
-        now = time.time()
-        return [outcome(job, reply, relay, now, self.retry) for job, reply in zip(jobs, replies)]
+        if self.signer:
+            content = self.signer.sign(content)
+        await self.pace.wait()
+        replies = await link.session.transact(first.sender, [job.address for job in jobs], content)
+        link.sent += 1
+        now = self.clock()
+        relay = str(link.target)
+        return [outcome(job, reply, relay, now, self.delivery) for job, reply in zip(jobs, replies)]
+
+    async def release(self, link: Link | None, polite: bool = True) -> None:
+        """Close `link` (QUIT first when `polite`) and free its gate place."""
+        if link is not None:
+            if polite:
+                await link.session.quit()
+            else:
+                link.session.writer.close()
+            link.gate.leave()
+            self.freed.set()
 
     async def record(self, outcomes: list[Outcome]) -> None:
-        now = time.time()
-        reports = await self.reports(outcomes, now)
+        if not outcomes:
+            return
+        now = self.clock()
+        reports = await self.bounces(outcomes, now) + await self.warnings(outcomes, now)
         await self.store.complete(outcomes, now, reports)
-        for o in outcomes:
-            log_outcome(o, now)
+        deliverylog.write(outcomes, now)
 
-    async def reports(self, outcomes: Iterable[Outcome], now: float) -> list[NewMessage]:
+    async def bounces(self, outcomes: Iterable[Outcome], now: float) -> list[NewMessage]:
         bounced = [o for o in outcomes if isinstance(o, Bounced)]
+        return await self.reports(bounced, now, "failed")
+
+    async def warnings(self, outcomes: Iterable[Outcome], now: float) -> list[NewMessage]:
+        """Delay warnings: once per message, with the first deferral that is
+        at least warn_after since the message was queued."""
+        due = [
+            o for o in outcomes
+            if isinstance(o, Deferred) and o.job.sender
+            and policy.warn_due(o.job.created, now, self.delivery)
+        ]
+        warn: list[Outcome] = []
+        for group in by_message_outcomes(due):
+            hops = await self.store.hops(group[0].job.message_id)
+            deferrals = [h.at for h in hops if h.event == "deferred"]
+            if not policy.already_warned(group[0].job.created, deferrals, self.delivery):
+                warn += group
+        return await self.reports(warn, now, "delayed")
+
+    async def reports(self, items: Sequence[Outcome], now: float, action: str) -> list[NewMessage]:
         reports = []
-        for message_id, group in groupby(bounced, key=lambda o: o.job.message_id):
-            items = list(group)
-            failures = [failure(o) for o in items]
-            original = await self.store.content(message_id)
-            dsn = notify.report(self.topo, items[0].job, failures, original, now)
+        for group in by_message_outcomes(items):
+            failures = [failure(o, action, self.delivery) for o in group]
+            original = await self.store.content(group[0].job.message_id)
+            dsn = notify.report(self.topo, group[0].job, failures, original, now)
             reports += [dsn] if dsn else []
         return reports
 
 
-def failure(o: Bounced) -> policy.Failure:
-    code, _, text = o.reply.partition(" ")
+def by_message_outcomes(outcomes: Sequence[Outcome]) -> Iterator[list[Outcome]]:
+    ordered = sorted(outcomes, key=lambda o: o.job.message_id)
+    for _, group in groupby(ordered, key=lambda o: o.job.message_id):
+        yield list(group)
+
+
+def failure(o: Outcome, action: str, delivery: Delivery) -> policy.Failure:
+    """One recipient's part of a DSN: failed (a bounce) or delayed (a warning)."""
+    reply, relay = (o.reply, o.relay) if isinstance(o, Bounced | Deferred) else ("", "")
+    code, _, text = reply.partition(" ")
     status = policy.status_of(int(code), text) if code.isdigit() else "5.0.0"
-    return policy.Failure(o.job.address, status, f"smtp; {o.reply}", o.relay)
-
-
-def log_outcome(o: Outcome, now: float) -> None:
-    job = o.job
-    delay = now - job.created
-    if isinstance(o, Delivered):
-        log.info("%s: to=<%s> relay=%s delay=%.2f status=sent (%s)",
-                 job.message_id, job.address, o.relay, delay, o.reply)
-    elif isinstance(o, Deferred):
-        log.info("%s: to=<%s> relay=%s delay=%.2f status=deferred (%s)",
-                 job.message_id, job.address, o.relay, delay, o.reply)
-    elif isinstance(o, Bounced):
-        log.info("%s: to=<%s> relay=%s delay=%.2f status=bounced (%s)",
-                 job.message_id, job.address, o.relay, delay, o.reply)
-
-
-async def close(session: Outbound | None) -> None:
-    """Say QUIT and close, if there is a session; always leaves none."""
-    if session is not None:
-        await session.quit()
+    if action == "delayed":
+        status = "4" + status[1:] if status[0] == "4" else "4.0.0"
+        until = o.job.created + delivery.lifetime
+        return policy.Failure(o.job.address, status, f"smtp; {reply}", relay, action, until)
+    if status[0] != "5":  # given up on a temporary failure: delivery time expired
+        status = "5.4.7"
+    return policy.Failure(o.job.address, status, f"smtp; {reply}", relay)

@@ -2,19 +2,24 @@
 
 Each reply is paired, in order, with the command it answers (the first with the
 pseudo-command Greeting), so a pipelined batch is read back one Response at a
-time. Message content is always sent with CRLF-only line ends and dot-stuffed.
+time. After a 220 to STARTTLS the core forgets the extensions and any bytes
+that came with the 220 (RFC 3207): the shell upgrades the socket and says EHLO
+again. AUTH PLAIN and LOGIN (RFC 4954) are commands like any other. Message content is always sent with CRLF-only line ends and dot-stuffed.
 Must not know sockets, asyncio, the clock, the store, or what a reply code means
 for the queue (that is policy).
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from collections import deque
 
 from gatepost.smtp.events import (
     NEED_DATA,
-    Command,
+    Auth,
+    AuthResponse,
+    ClientCommand,
     ConnectionClosed,
     Data,
     Ehlo,
@@ -30,6 +35,7 @@ from gatepost.smtp.events import (
     Reply,
     Response,
     Rset,
+    StartTls,
 )
 
 MAX_REPLY_LINE = 64 * 1024
@@ -43,13 +49,13 @@ class ClientConnection:
         self.extensions: dict[str, str] = {}  # upper-case EHLO keyword -> parameters
         self.max_size: int | None = None  # the server's SIZE, when it gave one
         self._in = bytearray()
-        self._awaiting: deque[Command | Greeting] = deque([Greeting()])
+        self._awaiting: deque[ClientCommand | Greeting] = deque([Greeting()])
         self._code: int | None = None  # of the multiline reply being read
         self._lines: list[str] = []
         self._eof = False
         self._closed = False
 
-    def send(self, command: Command) -> bytes:
+    def send(self, command: ClientCommand) -> bytes:
         """The bytes to write for `command`; its reply will come back as a Response."""
         if self._closed:
             raise LocalProtocolError("the connection is closed")
@@ -106,7 +112,20 @@ class ClientConnection:
         command = self._awaiting.popleft()
         if isinstance(command, Ehlo):
             self._learn_extensions(command, reply)
+        elif isinstance(command, StartTls) and reply.code == 220:
+            self._start_over()
         return Response(command, reply)
+
+    def _start_over(self) -> None:
+        """TLS begins: nothing learnt or received in clear counts any more."""
+        self.extensions, self.max_size = {}, None
+        self._in.clear()
+        self._awaiting.clear()
+
+    @property
+    def auth_mechanisms(self) -> set[str]:
+        """The SASL mechanisms the server offered in its EHLO reply."""
+        return set(self.extensions.get("AUTH", "").upper().split())
 
     def _learn_extensions(self, ehlo: Ehlo, reply: Reply) -> None:
         self.extensions, self.max_size = {}, None
@@ -120,22 +139,42 @@ class ClientConnection:
             self.max_size = int(size)
 
 
-def serialize(command: Command, extensions: dict[str, str]) -> bytes:
+def serialize(command: ClientCommand, extensions: dict[str, str]) -> bytes:
     """The wire form of `command`; MAIL parameters only where `extensions` allow."""
     if isinstance(command, Message):
         return stuff(command.content) + b".\r\n"
     return (_command_line(command, extensions) + "\r\n").encode("utf-8")
 
 
-def _command_line(command: Command, extensions: dict[str, str]) -> str:
+def _command_line(command: ClientCommand, extensions: dict[str, str]) -> str:
+    if isinstance(command, Auth):
+        initial = f" {command.initial or '='}" if command.initial is not None else ""
+        return f"AUTH {command.mechanism}{initial}"
+    if isinstance(command, AuthResponse):
+        return command.line
     if isinstance(command, Ehlo):
         return f"{'EHLO' if command.esmtp else 'HELO'} {command.domain}"
     if isinstance(command, Mail):
         return f"MAIL FROM:<{command.sender}>{_mail_params(command, extensions)}"
     if isinstance(command, Rcpt):
         return f"RCPT TO:<{command.recipient}>"
-    words = {Data: "DATA", Rset: "RSET", Noop: "NOOP", Quit: "QUIT"}
+    words = {Data: "DATA", Rset: "RSET", Noop: "NOOP", Quit: "QUIT", StartTls: "STARTTLS"}
     return words[type(command)]
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def auth_plain(user: str, password: str) -> Auth:
+    """AUTH PLAIN with its initial response (RFC 4616): NUL user NUL password."""
+    return Auth("PLAIN", b64(f"\0{user}\0{password}"))
+
+
+def auth_login(user: str, password: str) -> tuple[Auth, AuthResponse, AuthResponse]:
+    """AUTH LOGIN: the command, then the user name and the password, each
+    answering one 334."""
+    return Auth("LOGIN"), AuthResponse(b64(user)), AuthResponse(b64(password))
 
 
 def _mail_params(mail: Mail, extensions: dict[str, str]) -> str:

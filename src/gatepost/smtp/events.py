@@ -111,7 +111,8 @@ class Quit:
 
 @dataclass(frozen=True, slots=True)
 class StartTls:
-    """Server side: STARTTLS was accepted (220 queued). The shell flushes
+    """STARTTLS. Client side: the command. Server side: the event saying that
+    STARTTLS was accepted (220 queued). The shell flushes
     data_to_send(), discards whatever it has buffered, and upgrades the socket;
     the core has already dropped the bytes pipelined behind STARTTLS (RFC 3207)."""
 
@@ -126,6 +127,26 @@ Command = Ehlo | Mail | Rcpt | Data | Message | Rset | Noop | Quit
 
 
 @dataclass(frozen=True, slots=True)
+class Auth:
+    """Client side: AUTH (RFC 4954). `initial` is the base64 initial response
+    (PLAIN sends its credentials here), None to wait for the server's 334."""
+
+    mechanism: str  # "PLAIN" | "LOGIN"
+    initial: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    """Client side: one base64 line answering a 334 challenge."""
+
+    line: str = field(repr=False)
+
+
+ClientCommand = Command | StartTls | Auth | AuthResponse
+"""What the client core sends: the commands, STARTTLS and the AUTH exchange."""
+
+
+@dataclass(frozen=True, slots=True)
 class Greeting:
     """Client side: the pseudo-command that the server's opening 220 answers."""
 
@@ -134,7 +155,7 @@ class Greeting:
 class Response:
     """Client side: the reply the server gave to one command we sent."""
 
-    command: Command | Greeting
+    command: ClientCommand | Greeting
     reply: Reply
 
 

@@ -1,0 +1,399 @@
+"""Test peers for the send side: a scripted smart host and a tiny DNS server,
+each on 127.0.0.1 port 0 in a thread of its own, plus an in-process harness
+that runs the router and a send side on a temporary SQLite store.
+
+The smart host answers what its `Script` says: a reply per recipient, a
+dropped connection at a given command, 421 beyond N connections, slow
+replies, STARTTLS (with a trustme certificate) and AUTH PLAIN/LOGIN checked
+against one user and password. It records every message it accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+
+from gatepost.router import Router
+from gatepost.send import SendSide
+from gatepost.store import AsyncStore, Hop, NewMessage, NewRecipient, SqliteStore
+from gatepost.topology import load
+
+T = TypeVar("T")
+
+
+@dataclass
+class Script:
+    rcpt: dict[str, str] = field(default_factory=dict)  # address -> reply ("550 5.1.1 no")
+    data_reply: str = "250 2.0.0 queued"
+    drop_at: str | None = None  # close the connection when this verb arrives ("MAIL", "DATA")
+    max_connections: int | None = None  # beyond: 421 at the greeting
+    delay: float = 0.0  # seconds before every reply
+    tls: ssl.SSLContext | None = None  # offer STARTTLS with this server context
+    login: tuple[str, str] | None = None  # require AUTH with this user and password
+    mechanisms: str = "PLAIN LOGIN"
+
+
+@dataclass
+class Received:
+    sender: str
+    recipients: list[str]
+    content: bytes
+    tls: bool
+    user: str | None
+    port: int
+
+
+class ScriptedHost:
+    """The smart host. `start()` binds (again on the same port after `stop()`)."""
+
+    def __init__(self, script: Script | None = None) -> None:
+        self.script = script or Script()
+        self.received: list[Received] = []
+        self.port = 0
+        self.open = 0
+        self.peak = 0
+        self.refused = 0  # connections answered 421
+        self.greeted = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    def call(self, coro: Awaitable[T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)  # type: ignore[arg-type]
+
+    def start(self) -> ScriptedHost:
+        self.call(self._start())
+        return self
+
+    async def _start(self) -> None:
+        self.server = await asyncio.start_server(self.session, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        self.call(self._stop())
+
+    async def _stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for writer in list(self.writers):
+                writer.close()
+            await self.server.wait_closed()
+            self.server = None
+
+    def close(self) -> None:
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def recipients(self) -> list[str]:
+        return sorted(r for message in self.received for r in message.recipients)
+
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            limit = self.script.max_connections
+            if limit is not None and self.open > limit:
+                self.refused += 1
+                writer.write(b"421 4.7.0 too many connections\r\n")
+                await writer.drain()
+                return
+            self.greeted += 1
+            await _Session(self, reader, writer).run()
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.open -= 1
+            self.writers.discard(writer)
+            writer.close()
+
+
+class _Session:
+    def __init__(self, host: ScriptedHost, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.host, self.script = host, host.script
+        self.reader, self.writer = reader, writer
+        self.tls = False
+        self.user: str | None = None
+        self.sender: str | None = None
+        self.recipients: list[str] = []
+
+    async def reply(self, *lines: str) -> None:
+        if self.script.delay:
+            await asyncio.sleep(self.script.delay)
+        code, text = lines[0][:3], [line[4:] for line in lines]
+        last = len(text) - 1
+        self.writer.write(b"".join(
+            f"{code}{' ' if i == last else '-'}{t}\r\n".encode() for i, t in enumerate(text)
+        ))
+        await self.writer.drain()
+
+    async def line(self) -> str:
+        data = await self.reader.readline()
+        if not data:
+            raise ConnectionError("closed")
+        return data.decode("utf-8", "replace").rstrip("\r\n")
+
+    async def run(self) -> None:
+        await self.reply("220 scripted ESMTP")
+        while True:
+            line = await self.line()
+            verb, _, arg = line.partition(" ")
+            verb = verb.upper()
+            if verb == self.script.drop_at:
+                return
+            if verb == "QUIT":
+                await self.reply("221 2.0.0 bye")
+                return
+            handler = getattr(self, f"do_{verb.lower()}", None)
+            if handler is None:
+                await self.reply("502 5.5.1 unknown command")
+            else:
+                await handler(arg)
+
+    async def do_ehlo(self, arg: str) -> None:
+        lines = ["250 scripted", "250 PIPELINING", "250 8BITMIME", "250 SIZE 10000000"]
+        if self.script.tls is not None and not self.tls:
+            lines.append("250 STARTTLS")
+        if self.script.login is not None:
+            lines.append(f"250 AUTH {self.script.mechanisms}")
+        await self.reply(*lines)
+
+    async def do_helo(self, arg: str) -> None:
+        await self.reply("250 scripted")
+
+    async def do_starttls(self, arg: str) -> None:
+        assert self.script.tls is not None
+        await self.reply("220 2.0.0 go ahead")
+        await self.writer.start_tls(self.script.tls)
+        self.tls = True
+
+    async def do_auth(self, arg: str) -> None:
+        mechanism, _, initial = arg.partition(" ")
+        if mechanism.upper() == "PLAIN":
+            _, user, password = decode(initial).split("\0")
+        else:
+            await self.reply("334 VXNlcm5hbWU6")
+            user = decode(await self.line())
+            await self.reply("334 UGFzc3dvcmQ6")
+            password = decode(await self.line())
+        if (user, password) == self.script.login:
+            self.user = user
+            await self.reply("235 2.7.0 authenticated")
+        else:
+            await self.reply("535 5.7.8 bad credentials")
+
+    async def do_mail(self, arg: str) -> None:
+        if self.script.login is not None and self.user is None:
+            await self.reply("530 5.7.0 authentication required")
+            return
+        self.sender = arg.split(":", 1)[1].split(">")[0].lstrip(" <")
+        self.recipients = []
+        await self.reply("250 2.1.0 ok")
+
+    async def do_rcpt(self, arg: str) -> None:
+        address = arg.split(":", 1)[1].split(">")[0].lstrip(" <")
+        answer = self.script.rcpt.get(address, "250 2.1.5 ok")
+        if answer.startswith("2"):
+            self.recipients.append(address)
+        await self.reply(answer)
+
+    async def do_data(self, arg: str) -> None:
+        if self.sender is None or not self.recipients:
+            await self.reply("554 5.5.1 no valid recipients")
+            return
+        await self.reply("354 go on")
+        lines = []
+        while (data := await self.reader.readline()) != b".\r\n":
+            if not data:
+                raise ConnectionError("closed in DATA")
+            lines.append(data[1:] if data.startswith(b".") else data)
+        port = self.writer.get_extra_info("sockname")[1]
+        self.host.received.append(
+            Received(self.sender, self.recipients, b"".join(lines), self.tls, self.user, port)
+        )
+        self.sender, self.recipients = None, []
+        await self.reply(self.script.data_reply)
+
+    async def do_rset(self, arg: str) -> None:
+        self.sender, self.recipients = None, []
+        await self.reply("250 2.0.0 ok")
+
+    async def do_noop(self, arg: str) -> None:
+        await self.reply("250 2.0.0 ok")
+
+
+def decode(text: str) -> str:
+    return base64.b64decode(text).decode("utf-8")
+
+
+class DnsServer:
+    """Answers MX and A queries over UDP on 127.0.0.1: `mx` maps a domain to
+    its exchange names, `a` a name to its addresses; anything else NXDOMAIN."""
+
+    def __init__(self, mx: dict[str, list[tuple[int, str]]], a: dict[str, list[str]]) -> None:
+        self.mx, self.a = mx, a
+        self.queries: list[tuple[str, str]] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                wire, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            self.sock.sendto(self.answer(dns.message.from_wire(wire)).to_wire(), peer)
+
+    def answer(self, query: dns.message.Message) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        question = query.question[0]
+        name = question.name.to_text(omit_final_dot=True).lower()
+        kind = dns.rdatatype.to_text(question.rdtype)
+        self.queries.append((kind, name))
+        if name not in self.mx and name not in self.a:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        elif kind == "MX" and name in self.mx:
+            records = [f"{pref} {host}." for pref, host in self.mx[name]]
+            response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "MX", *records))
+        elif kind == "A" and name in self.a:
+            response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", *self.a[name]))
+        return response
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# ---- the in-process harness ---------------------------------------------------
+
+TOPOLOGY = """\
+[network]
+name = "ACME"
+store = "sqlite:var/acme.db"
+
+[postoffices.HQ]
+domains = ["hq.acme.example"]
+mailboxes = ["alice", "bob", "postmaster"]
+
+[gateways.GW1]
+postoffice = "HQ"
+role = "send"
+serves = ["HQ"]
+{gateway}
+
+[delivery]
+{delivery}
+"""
+
+ALICE = "alice@hq.acme.example"
+
+
+class Clock:
+    """The real time plus what the test skipped ahead (never behind the real
+    clock, which the router keeps using)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+class Harness:
+    """The router and GW1's send side, running on a store under `root`."""
+
+    def __init__(self, root: Path, gateway: str, delivery: str = "", clock: Callable[[], float] = time.time) -> None:
+        config = root / "gatepost.toml"
+        config.write_text(TOPOLOGY.format(gateway=gateway, delivery=delivery))
+        self.topo = load(config)
+        self.clock = clock
+        path = Path(self.topo.store.removeprefix("sqlite:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.store = AsyncStore(lambda: SqliteStore(path), clock=clock)
+        self.stop = asyncio.Event()
+        self.send = SendSide(self.topo, self.topo.gateways["GW1"], self.store, clock=clock)
+        self.router = Router(self.topo, self.store, wake_send=lambda g: self.send.wake())
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        self.tasks = [asyncio.ensure_future(self.router.run(self.stop)),
+                      asyncio.ensure_future(self.send.run(self.stop))]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop.set()
+        await asyncio.wait_for(asyncio.gather(*self.tasks), 20)
+        await self.store.aclose()
+
+    async def submit(self, sender: str, recipients: Iterable[str], subject: str = "hello",
+                     body: str = "hi\r\n") -> str:
+        content = (
+            f"From: <{sender}>\r\nTo: {', '.join(recipients)}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{subject.replace(' ', '.')}@hq.acme.example>\r\n\r\n{body}"
+        ).encode()
+        rcpts = tuple(NewRecipient(r, _mailbox(r)) for r in recipients)
+        message = NewMessage(sender, rcpts, content, "HQ", "HQ", "cli")
+        queue_id = await self.store.enqueue(message)
+        self.router.wake()
+        return queue_id
+
+    async def events(self, queue_id: str) -> dict[str, Hop]:
+        """The latest hop of each recipient of a message."""
+        latest: dict[str, Hop] = {}
+        for hop in await self.store.hops(queue_id):
+            latest[hop.address] = hop
+        return latest
+
+    async def until(self, condition: Callable[[], Awaitable[Any]], what: str, timeout: float = 20) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = await condition()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    async def settled(self, queue_id: str, state: str, *addresses: str) -> dict[str, Hop]:
+        """Wait until every address of the message has `state` as its latest event."""
+        async def check() -> dict[str, Hop] | None:
+            events = await self.events(queue_id)
+            done = all(a in events and events[a].event == state for a in addresses)
+            return events if done else None
+        found: dict[str, Hop] = await self.until(check, f"{addresses} {state}")
+        return found
+
+    async def mailbox(self, mailbox: str) -> list[bytes]:
+        entries = await self.store.mailbox(mailbox)
+        contents = [await self.store.mailbox_content(mailbox, e.entry_id) for e in entries]
+        return [c for c in contents if c is not None]
+
+
+def _mailbox(address: str) -> str | None:
+    local, _, domain = address.partition("@")
+    return f"HQ/{local}" if domain == "hq.acme.example" else None
