@@ -27,6 +27,7 @@ from gatepost.store import (
     send_queue,
 )
 from gatepost.topology import NoRoute, Topology, outbound_gateway, path
+from gatepost.waiting import idle
 
 
 def sending_gateways_of(topo: Topology) -> list[str]:
@@ -35,7 +36,6 @@ def sending_gateways_of(topo: Topology) -> list[str]:
 log = logging.getLogger("gatepost.router")
 
 BATCH = 512
-POLL = 0.05  # seconds between (read-only) looks at the queue when nothing woke us
 
 
 def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome]:
@@ -139,25 +139,3 @@ class Router:
                 log.info("%s: delivered to=<%s> mailbox=%s", job.message_id, job.address, job.mailbox)
             elif isinstance(o, Bounced):
                 log.info("%s: bounced to=<%s> %s", job.message_id, job.address, o.reply)
-
-
-async def idle(
-    store: AsyncStore, queue: str, wakeup: asyncio.Event, stop: asyncio.Event, limit: float
-) -> None:
-    """Wait at most `limit` seconds until `queue` has claimable work (another
-    process may have added it: a cheap read every POLL), a wake-up hint from
-    this process, or a stop."""
-    deadline = time.monotonic() + limit
-    while not (stop.is_set() or wakeup.is_set()) and time.monotonic() < deadline:
-        await wait_any(wakeup, stop, POLL)
-        if await store.due(queue, time.time()):
-            break
-    wakeup.clear()
-
-
-async def wait_any(wakeup: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
-    """Sleep until woken, stopped, or the poll interval passes."""
-    waits = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stop.wait())]
-    _, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()

@@ -21,7 +21,6 @@ from gatepost import credentials, deliverylog, notify, policy
 from gatepost.mx import MxResolver, NoMailHost
 from gatepost.outbound import Outbound, Security, SessionError, client_context, defer
 from gatepost.relays import Gate, Pace, Relays
-from gatepost.router import wait_any
 from gatepost.signing import Signer
 from gatepost.smtp.events import Reply
 from gatepost.store import (
@@ -36,9 +35,10 @@ from gatepost.store import (
 )
 from gatepost.topology import Gateway, Topology
 from gatepost.topology.model import Delivery, HostPort
+from gatepost.waiting import idle, wait_any
 
 PER_CLAIM = 64  # recipients claimed per batch
-POLL = 0.25
+KEEP_OPEN = 2.0  # seconds an idle session to the smart host stays open
 GATE_WAIT = 30.0  # seconds a worker waits for a free session before deferring
 
 
@@ -148,10 +148,10 @@ class SendSide:
                     self.queue, self.owner, PER_CLAIM, policy.LEASE, self.clock()
                 )
                 if not jobs:
-                    await self.release(link)
-                    link = None
-                    await wait_any(self.wakeup, stop, POLL)
-                    self.wakeup.clear()
+                    more = await idle(self.store, self.queue, self.wakeup, stop, KEEP_OPEN, self.clock)
+                    if not more:  # quiet for a while: say goodbye to the smart host
+                        await self.release(link)
+                        link = None
                     continue
                 for destination, group in by_destination(jobs, self.mx is not None):
                     link = await self.deliver(link, destination, group)

@@ -1,0 +1,42 @@
+"""How the router and the send side wait for work without busy-looping.
+
+In-process wake-ups are hints; a cheap read-only look at the store every POLL
+seconds finds work that another process added. Knows nothing about mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from gatepost.store import AsyncStore
+
+POLL = 0.05  # seconds between read-only looks at the queue when nothing woke us
+
+
+async def idle(
+    store: AsyncStore,
+    queue: str,
+    wakeup: asyncio.Event,
+    stop: asyncio.Event,
+    limit: float,
+    clock: Callable[[], float] = time.time,
+) -> bool:
+    """Wait at most `limit` seconds for claimable work in `queue`, a wake-up
+    hint or a stop; True when there may be work, False when the time ran out."""
+    deadline = time.monotonic() + limit
+    found = False
+    while not (stop.is_set() or found) and time.monotonic() < deadline:
+        await wait_any(wakeup, stop, POLL)
+        found = wakeup.is_set() or await store.due(queue, clock())
+    wakeup.clear()
+    return found
+
+
+async def wait_any(wakeup: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
+    """Sleep until either event is set or `timeout` seconds pass."""
+    waits = [asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stop.wait())]
+    _, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
