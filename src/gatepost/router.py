@@ -44,7 +44,7 @@ def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome
         postoffice, mailbox = job.mailbox.split("/", 1)
         if postoffice not in topo.postoffices or mailbox not in topo.postoffices[postoffice].mailboxes:
             return [Bounced(job, "550 5.1.1 mailbox no longer exists in the topology")]
-        target, last = postoffice, ROUTER
+        target = postoffice
     else:
         gateway = outbound_gateway(topo, job.origin, alive)
         target, last = gateway.postoffice, send_queue(gateway.name)
@@ -52,10 +52,9 @@ def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome
         hops = path(topo, job.location, target)[1:]
     except NoRoute:
         return [Bounced(job, f"554 5.4.4 no route from {job.location} to {target}")]
-    outcomes: list[Outcome] = [Moved(job, hop, ROUTER) for hop in hops]
     if job.mailbox is not None:
-        return [*outcomes, Delivered(job)]
-    return [*outcomes, Moved(job, target, last)]
+        return [*(Moved(job, hop, ROUTER) for hop in hops), Delivered(job)]
+    return [*(Moved(job, hop, ROUTER) for hop in hops[:-1]), Moved(job, target, last)]
 
 
 class Router:
@@ -88,10 +87,10 @@ class Router:
 
     async def step(self) -> int:
         """Route one batch; returns how many jobs it handled."""
-        now = time.time()
-        jobs = await self.store.claim(ROUTER, self.owner, BATCH, policy.LEASE, now)
+        jobs = await self.store.claim(ROUTER, self.owner, BATCH, policy.LEASE, time.time())
         if not jobs:
             return 0
+        now = time.time()  # after the claim, which may have waited for the write lock
         outcomes = [o for job in jobs for o in plan(self.topo, job, self.alive)]
         reports = await self.reports(outcomes, now)
         await self.store.complete(outcomes, now, reports)

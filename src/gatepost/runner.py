@@ -93,7 +93,9 @@ async def start(topo: Topology, roles: list[str], store: AsyncStore, stop: async
             await receive.start()
             running.stoppers.append(receive.stop)
             running.listening.append(f"gateway {name} receive side on {receive.address}")
-    running.loops += [side.run(stop) for side in senders.values()]
+    for side in senders.values():
+        await side.alive()  # before `ready`, so the router counts on it at once
+        running.loops.append(side.run(stop))
     return running
 
 

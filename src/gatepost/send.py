@@ -123,6 +123,7 @@ class SendSide:
         self.queue = send_queue(gateway.name)
         self.owner = f"{self.queue}:{os.getpid()}"
         self.wakeup = asyncio.Event()
+        self.name = f"gateway:{gateway.name}"
         self.helo = notify.mta_name(topo, gateway.postoffice)
 
     def wake(self) -> None:
@@ -131,14 +132,16 @@ class SendSide:
     async def run(self, stop: asyncio.Event) -> None:
         workers = [self.worker(stop) for _ in range(self.sessions)]
         await asyncio.gather(self.heartbeat(stop), *workers)
+        await self.store.forget(self.name, self.owner)  # only once nothing is in flight
 
     async def heartbeat(self, stop: asyncio.Event) -> None:
-        """Tell the store this gateway runs; on a clean stop, that it does not."""
-        name = f"gateway:{self.gateway.name}"
+        """Tell the store this gateway runs, until it stops."""
         while not stop.is_set():
-            await self.store.heartbeat(name, self.owner, self.clock())
+            await self.alive()
             await wait_any(stop, stop, policy.HEARTBEAT)
-        await self.store.forget(name, self.owner)
+
+    async def alive(self) -> None:
+        await self.store.heartbeat(self.name, self.owner, self.clock())
 
     async def worker(self, stop: asyncio.Event) -> None:
         link: Link | None = None

@@ -73,7 +73,7 @@ _V1 = (
         postoffice TEXT NOT NULL,
         detail     TEXT NOT NULL DEFAULT ''
     )""",
-    """CREATE INDEX hops_by_message ON hops (message_id, at, id)""",
+    """CREATE INDEX hops_by_message ON hops (message_id, id)""",
     """CREATE TABLE workers (
         name  TEXT PRIMARY KEY,
         owner TEXT NOT NULL,

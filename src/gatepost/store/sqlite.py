@@ -121,7 +121,7 @@ _MAILBOX_CONTENT = """SELECT m.content FROM mailbox b JOIN messages m ON m.id = 
     WHERE b.mailbox = ? AND b.entry_id = ?"""
 _CONTENT = "SELECT content FROM messages WHERE id = ?"
 _HOPS = """SELECT message_id, rcpt_id, address, at, event, postoffice, detail
-    FROM hops WHERE message_id = ? ORDER BY at, id"""
+    FROM hops WHERE message_id = ? ORDER BY id"""  # ids follow commit order
 _HEARTBEAT = """INSERT INTO workers (name, owner, seen) VALUES (?, ?, ?)
     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, seen = excluded.seen"""
 _FORGET = "DELETE FROM workers WHERE name = ? AND owner = ?"
