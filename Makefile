@@ -37,8 +37,8 @@ bench-large: $(STAMP)
 	$(MAKE) bench BENCH_ARGS="-n 20000 --rounds 5 --latency-seconds 30"
 
 # Crash soak (never part of `make test`): kill -9 under load, then count lost and
-# duplicated mail; see tests/soak.py --help. About 2 minutes with the defaults.
-SOAK_ARGS ?= --messages 5000 --kills 8
+# duplicated mail; see tests/soak.py --help and README "Soak tests". About 2.5 minutes.
+SOAK_ARGS ?= --messages 25000 --kills 20
 SOAK_DIR ?= /tmp/gatepost-soak
 soak: $(STAMP)
 	rm -rf $(SOAK_DIR)

@@ -151,7 +151,7 @@ class Session:
             side.hostname, side.limits, starttls=side.tls is not None, strict_sync=True
         )
         self.may_relay = relay_allowed(peer, side.gateway)
-        self.pace = Pace(side.deadlines, time.monotonic())
+        self.pace = Pace(side.deadlines)
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = self.conn
@@ -197,7 +197,7 @@ class Session:
         out = self.conn.data_to_send()
         if out:
             writer.write(out)
-            self.pace.replied(time.monotonic())
+            self.pace.replied()
         await asyncio.wait_for(writer.drain(), self.side.deadlines.idle)
 
     async def read(self, reader: asyncio.StreamReader) -> bytes:
@@ -207,7 +207,7 @@ class Session:
         if timeout <= 0:
             raise TimeoutError
         data = await asyncio.wait_for(reader.read(READ_SIZE), timeout)
-        self.pace.received(len(data))
+        self.pace.received(len(data), time.monotonic())
         return data
 
     async def upgrade(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -1,0 +1,347 @@
+"""Crash soak: kill -9 gatepost processes at random moments under a steady load,
+restart them, and count what the clients were promised against what arrived.
+
+    .venv/bin/python tests/soak.py --messages 25000 --kills 20    (what `make soak` runs)
+
+Each message has one recipient (a local mailbox, a mailbox one hop away, or a
+foreign address the send side carries to the capture smart host) and a unique
+X-Soak-Id. Alongside, "half" sessions sit in the middle of DATA when the kills
+land; none of them may ever be delivered. At the end the queue must drain;
+`lost` (acknowledged with 250 but never delivered) must be 0, and duplicates
+at most the jobs in flight (leased) at the kills. Used by tests/test_crash.py
+with a few hundred messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import signal
+import smtplib
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LEASE = 4.0  # seconds; the store's lease, shortened so a killed worker's jobs return soon
+TOPOLOGY = """\
+[network]
+name = "SOAK"
+store = "sqlite:var/soak.db"
+
+[postoffices.HQ]
+domains = ["hq.soak.example"]
+mailboxes = ["alice", "bob", "postmaster"]
+
+[postoffices.SALES]
+domains = ["sales.soak.example"]
+mailboxes = ["carol", "postmaster"]
+links = ["HQ"]
+
+[gateways.GW1]
+postoffice = "HQ"
+role = "both"
+listen = "127.0.0.1:{listen}"
+smarthost = "127.0.0.1:{smarthost}"
+serves = ["HQ", "SALES"]
+relay_from = ["127.0.0.0/8"]
+
+[capture]
+listen = "127.0.0.1:{smarthost}"
+dir = "var/captured"
+
+[delivery]
+retry_min = 1
+retry_max = 2
+"""
+RECIPIENTS = ("alice@hq.soak.example", "carol@sales.soak.example", "someone@example.org")
+SPLIT = ("router", "gateway:GW1", "capture")
+ALL_IN_ONE = ("router,gateway:GW1,capture",)
+TOKEN = re.compile(rb"^X-Soak-Id: (\S+)\r?$", re.MULTILINE)
+LAUNCH = (
+    "import sys, gatepost.policy as p; p.LEASE = float(sys.argv.pop(1)); "
+    "from gatepost.cli import main; sys.argv[0] = 'gatepost'; main()"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Process:
+    """One `gatepost run --only ROLES` process, restartable after kill -9."""
+
+    def __init__(self, config: Path, roles: str) -> None:
+        self.config, self.roles = config, roles
+        self.log = config.parent / f"{roles.replace(':', '_').replace(',', '+')}.log"
+        self.handle = self.log.open("ab")
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        mark = self.log.stat().st_size
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", LAUNCH, str(LEASE), "-c", str(self.config), "run",
+             "--only", self.roles],
+            stdout=self.handle, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while b"gatepost: ready" not in self.log.read_bytes()[mark:]:
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.roles} did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.02)
+
+    def kill(self) -> None:
+        assert self.popen is not None
+        self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait()
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.handle.close()
+
+
+@dataclass
+class Tally:
+    sent: list[str] = field(default_factory=list)  # tokens whose DATA was sent
+    acked: set[str] = field(default_factory=set)  # tokens answered 250
+    half: list[str] = field(default_factory=list)  # tokens left in the middle of DATA
+    in_flight_at_kills: int = 0
+    kills: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def message(token: str, recipient: str) -> bytes:
+    return (f"From: load@client.example\r\nTo: {recipient}\r\nSubject: soak {token}\r\n"
+            f"X-Soak-Id: {token}\r\n\r\n" + f"line {token}\r\n" * 20).encode()
+
+
+def connect(port: int) -> smtplib.SMTP:
+    """A session, waiting while the receive side is down (kill -9, restart)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return smtplib.SMTP("127.0.0.1", port, "client.example", timeout=30)
+        except (OSError, smtplib.SMTPException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def load(port: int, tokens: list[str], tally: Tally) -> None:
+    """Send each token's message once; a session broken after the message was
+    sent just loses its ack (the client does not send it again)."""
+    smtp: smtplib.SMTP | None = None
+    for token in tokens:
+        recipient = RECIPIENTS[int(token.rsplit("-", 1)[1]) % len(RECIPIENTS)]
+        try:
+            smtp = smtp or connect(port)
+            smtp.ehlo_or_helo_if_needed()
+            with tally.lock:
+                tally.sent.append(token)
+            smtp.sendmail("load@client.example", [recipient], message(token, recipient))
+            with tally.lock:
+                tally.acked.add(token)
+        except (OSError, smtplib.SMTPException):
+            smtp = None
+            time.sleep(0.05)
+
+
+def half_sessions(port: int, tally: Tally, stop: threading.Event) -> None:
+    """Keep a session in the middle of DATA; a new one whenever it is cut."""
+    count = 0
+    while not stop.is_set():
+        count += 1
+        token = f"half-{count}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                commands = (f"EHLO half.example\r\nMAIL FROM:<half@client.example>\r\n"
+                            f"RCPT TO:<{RECIPIENTS[count % 3]}>\r\nDATA\r\n")
+                for line in commands.split("\r\n")[:-1]:
+                    sock.sendall(line.encode() + b"\r\n")
+                    read_reply(sock)
+                sock.sendall(message(token, RECIPIENTS[count % 3])[:200])
+                with tally.lock:
+                    tally.half.append(token)
+                while not stop.is_set() and sock.recv(100):
+                    pass
+        except OSError:
+            time.sleep(0.05)
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    data = b""
+    while not re.search(rb"(^|\r\n)\d{3} [^\r\n]*\r\n$", data):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def query(db: Path, sql: str) -> list[tuple[object, ...]]:
+    for _ in range(50):
+        try:
+            with sqlite3.connect(db, timeout=30) as conn:
+                return conn.execute(sql).fetchall()
+        except sqlite3.OperationalError:
+            time.sleep(0.1)
+    raise RuntimeError(f"store unreadable: {sql}")
+
+
+def leased(db: Path) -> int:
+    return int(str(query(db, "SELECT count(*) FROM jobs WHERE state = 'active'")[0][0]))
+
+
+def delivered(root: Path) -> Counter[str]:
+    """Every delivered copy by token: mailbox entries and captured files."""
+    found: Counter[str] = Counter()
+    rows = query(root / "var" / "soak.db",
+                 "SELECT m.content FROM mailbox b JOIN messages m ON m.id = b.message_id")
+    contents = [bytes(row[0]) for row in rows]  # type: ignore[call-overload]
+    captured = root / "var" / "captured"
+    contents += [p.read_bytes() for p in captured.glob("*.eml")] if captured.exists() else []
+    for content in contents:
+        for token in TOKEN.findall(content):
+            found[token.decode()] += 1
+    return found
+
+
+def drain(db: Path, timeout: float) -> int:
+    """Wait until no job is waiting; returns how many still wait at the timeout."""
+    deadline = time.monotonic() + timeout
+    open_jobs = -1
+    while time.monotonic() < deadline:
+        rows = query(db, "SELECT count(*) FROM jobs WHERE state NOT IN ('delivered', 'bounced')")
+        open_jobs = int(str(rows[0][0]))
+        if open_jobs == 0:
+            return 0
+        time.sleep(0.2)
+    return open_jobs
+
+
+@dataclass
+class Result:
+    mode: str
+    sent: int
+    acked: int
+    delivered: int
+    duplicated: int
+    lost: int
+    half: int
+    half_delivered: int
+    kills: int
+    in_flight: int
+    waiting: int
+    bounced: int
+
+    @property
+    def ok(self) -> bool:
+        return (self.lost == 0 and self.half_delivered == 0 and self.waiting == 0
+                and self.bounced == 0 and self.duplicated <= self.in_flight)
+
+
+def soak(root: Path, mode: str, messages: int, kills: int, clients: int = 6,
+         seed: int | None = None) -> Result:
+    """One run: `mode` is "split" (router, gateway, capture processes) or "all"."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    listen = free_port()
+    config = root / "soak.toml"
+    config.write_text(TOPOLOGY.format(listen=listen, smarthost=free_port()))
+    db = root / "var" / "soak.db"
+    processes = [Process(config, roles) for roles in (SPLIT if mode == "split" else ALL_IN_ONE)]
+    for process in processes:
+        process.start()
+    tally, stop = Tally(), threading.Event()
+    tokens = [f"{mode}-{n}" for n in range(messages)]
+    loaders = [threading.Thread(target=load, args=(listen, tokens[i::clients], tally))
+               for i in range(clients)]
+    halves = [threading.Thread(target=half_sessions, args=(listen, tally, stop)) for _ in range(2)]
+    try:
+        for thread in loaders + halves:
+            thread.start()
+        kill_at = sorted(rng.uniform(0.1, 0.9) * messages for _ in range(kills))
+        victims = rng.sample(processes, len(processes))  # each process at least once
+        victims += [rng.choice(processes) for _ in range(kills - len(victims))]
+        for target, victim in zip(kill_at, victims, strict=False):
+            while len(tally.sent) < target and any(t.is_alive() for t in loaders):
+                time.sleep(0.01)
+            victim.kill()
+            tally.in_flight_at_kills += leased(db) + clients  # leased jobs + one DATA per client
+            tally.kills.append(victim.roles)
+            time.sleep(rng.uniform(0, 0.5))
+            victim.start()
+        for thread in loaders:
+            thread.join()
+        stop.set()
+        for thread in halves:
+            thread.join()
+        waiting = drain(db, 60 + 2 * LEASE)
+    finally:
+        for process in processes:
+            process.stop()
+    copies = delivered(root)
+    acked = tally.acked
+    bounced = int(str(query(db, "SELECT count(*) FROM jobs WHERE state = 'bounced'")[0][0]))
+    return Result(
+        mode=mode,
+        sent=len(tally.sent),
+        acked=len(acked),
+        delivered=sum(1 for t in tokens if copies[t]),
+        duplicated=sum(copies[t] - 1 for t in tokens if copies[t] > 1),
+        lost=sum(1 for t in acked if not copies[t]),
+        half=len(tally.half),
+        half_delivered=sum(1 for t in tally.half if copies[t]),
+        kills=len(tally.kills),
+        in_flight=tally.in_flight_at_kills,
+        waiting=waiting,
+        bounced=bounced,
+    )
+
+
+COLUMNS = ("mode", "sent", "acked", "delivered", "duplicated", "lost", "half", "half_delivered",
+           "kills", "in_flight", "waiting", "bounced")
+
+
+def table(results: list[Result]) -> str:
+    rows = [COLUMNS] + [tuple(str(getattr(r, c)) for c in COLUMNS) for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True))
+                     for row in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=25000, help="per mode")
+    parser.add_argument("--kills", type=int, default=20, help="kill -9 per mode")
+    parser.add_argument("--modes", default="split,all")
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/gatepost-soak"))
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args()
+    started = time.monotonic()
+    results = [soak(args.dir / mode, mode, args.messages, args.kills, seed=args.seed)
+               for mode in args.modes.split(",")]
+    print(table(results))
+    print(f"({time.monotonic() - started:.0f} s; in_flight = jobs leased at the kills plus one "
+          "DATA per client: the bound on duplicates)")
+    failed = [r.mode for r in results if not r.ok]
+    print("FAILED: " + ", ".join(failed) if failed else "OK: nothing acknowledged was lost")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
