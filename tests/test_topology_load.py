@@ -411,3 +411,19 @@ def test_examples_use_distinct_ports() -> None:
         mine |= {g.smarthost.port for g in topo.gateways.values() if g.smarthost}
         for port in mine:
             assert ports.setdefault(port, example.name) == example.name, port
+
+
+def test_limits_table_sets_receive_limits(tmp_path: Path) -> None:
+    extra = '\n[limits]\nmax_message_size = 1000000\nidle_timeout = "2m"\ngreet_wait = 1.5\n'
+    topo = load(write(tmp_path, variant(extra=extra)))
+    assert topo.limits.max_message_size == 1_000_000
+    assert topo.limits.idle_timeout == 120.0
+    assert topo.limits.greet_wait == 1.5
+    assert topo.limits.max_recipients == 1000  # untouched keys keep their defaults
+
+
+def test_limits_errors_are_named_by_key(tmp_path: Path) -> None:
+    extra = '\n[limits]\nmax_recipients = 0\ncommand_timeout = "soon"\nspeed = 1\n'
+    errors, _ = findings(tmp_path, variant(extra=extra))
+    keys = {problem.key for problem in errors}
+    assert keys == {"limits.max_recipients", "limits.command_timeout", "limits.speed"}

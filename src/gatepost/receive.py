@@ -72,7 +72,7 @@ class ReceiveSide:
         self.store = store
         self.wake_router = wake_router
         self.limits = limits or core_limits(topo.limits)
-        self.deadlines = deadlines or Deadlines(idle=topo.limits.idle_timeout)
+        self.deadlines = deadlines or deadlines_of(topo.limits)
         self.admission = Admission(
             topo.limits.max_connections, topo.limits.max_connections_per_client
         )
@@ -131,6 +131,13 @@ def server_tls(gateway: Gateway) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(gateway.tls_cert, gateway.tls_key)
     return context
+
+
+def deadlines_of(limits: TopologyLimits) -> Deadlines:
+    return Deadlines(
+        idle=limits.idle_timeout, command=limits.command_timeout, data_base=limits.data_timeout,
+        data_rate=float(limits.data_rate), pregreet=limits.greet_wait,
+    )
 
 
 def hostname_of(topo: Topology, gateway: Gateway) -> str:

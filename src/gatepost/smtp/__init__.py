@@ -21,6 +21,7 @@ from gatepost.smtp.events import (
     Reply,
     Response,
     Rset,
+    StartTls,
 )
 from gatepost.smtp.server import Limits, ServerConnection
 
@@ -45,4 +46,5 @@ __all__ = [
     "Response",
     "Rset",
     "ServerConnection",
+    "StartTls",
 ]

@@ -22,6 +22,7 @@ from gatepost.topology.model import (
     Gateway,
     HostPort,
     IPNetwork,
+    Limits,
     Postoffice,
     Problem,
     Role,
@@ -31,10 +32,12 @@ from gatepost.topology.model import (
 )
 from gatepost.topology.options import (
     DELIVERY_KEYS,
+    LIMITS_KEYS,
     MX,
     SECRET_KEYS,
     SEND_KEYS,
     delivery_options,
+    limits_options,
     send_options,
 )
 from gatepost.topology.routes import NoRoute, path
@@ -45,7 +48,7 @@ ROLES: tuple[Role, ...] = ("both", "send", "receive")
 FILE = "<file>"
 Table = dict[str, Any]
 
-TOP_KEYS = ("network", "postoffices", "gateways", "capture", "delivery")
+TOP_KEYS = ("network", "postoffices", "gateways", "capture", "delivery", "limits")
 NETWORK_KEYS = ("name", "domains", "store")
 PO_KEYS = ("domains", "mailboxes", "links")
 GW_KEYS = ("postoffice", "role", "listen", "smarthost", "serves", "relay_from", *SEND_KEYS)
@@ -172,11 +175,12 @@ class _Builder:
         gateways = self._gateways(raw.get("gateways"), postoffices)
         capture = self._capture(raw.get("capture"))
         delivery = self._delivery(raw.get("delivery"))
+        limits = self._limits(raw.get("limits"))
         if network is None:
             return None
         name, domains, store = network
         topo = Topology(
-            name, domains, store, postoffices, gateways, capture, self.source, delivery
+            name, domains, store, postoffices, gateways, capture, self.source, delivery, limits
         )
         _Crosscheck(topo, self.f).run()
         return topo
@@ -359,6 +363,13 @@ class _Builder:
             except ValueError as exc:
                 self.f.error(key, f"bad CIDR {text!r}: {exc}")
         return tuple(networks)
+
+    def _limits(self, value: object) -> Limits:
+        table = None if value is None else _table(self.f, value, "limits")
+        if table is None:
+            return Limits()
+        _only(self.f, table, LIMITS_KEYS, "limits")
+        return Limits(**limits_options(table, self.f.error))
 
     # [delivery]
     def _delivery(self, value: object) -> Delivery:

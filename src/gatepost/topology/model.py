@@ -144,6 +144,10 @@ class Limits:
     idle_timeout: float = 300.0  # seconds a client may stay silent
     max_connections: int = 1000  # at once, all clients
     max_connections_per_client: int = 50  # at once, from one address
+    command_timeout: float = 60.0  # from a command line's first byte to its end
+    data_timeout: float = 120.0  # DATA may take this long for any message...
+    data_rate: int = 1024  # ...plus one second per this many bytes received
+    greet_wait: float = 0.0  # pause before the greeting; a client talking first gets 554
 
 
 @dataclass(frozen=True, slots=True)

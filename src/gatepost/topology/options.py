@@ -33,6 +33,10 @@ SEND_KEYS = (
 SECRET_KEYS = ("password", "auth_password", "secret")
 DELIVERY_KEYS = ("retry_min", "retry_max", "warn_after", "lifetime")
 DKIM_KEYS = ("domain", "selector", "key_file")
+LIMIT_COUNTS = ("max_message_size", "max_recipients", "max_connections",
+                "max_connections_per_client", "data_rate")
+LIMIT_DURATIONS = ("idle_timeout", "command_timeout", "data_timeout", "greet_wait")
+LIMITS_KEYS = LIMIT_COUNTS + LIMIT_DURATIONS
 MX = "mx"  # `smarthost = "mx"`: deliver to the recipient domains' MX hosts
 
 TLS_MODES: tuple[TlsMode, ...] = ("none", "opportunistic", "required")
@@ -78,6 +82,26 @@ def delivery_options(table: Table, error: Error) -> dict[str, float]:
     for name in ("retry_min", "lifetime"):
         if found.get(name) == 0:
             error(f"delivery.{name}", "must be more than 0")
+    return found
+
+
+def limits_options(table: Table, error: Error) -> dict[str, Any]:
+    """Keyword arguments for `Limits` from the [limits] table."""
+    found: dict[str, Any] = {}
+    for name in LIMIT_COUNTS:
+        value = table.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            error(f"limits.{name}", "must be a whole number of at least 1")
+        else:
+            found[name] = value
+    for name in LIMIT_DURATIONS:
+        if name in table:
+            try:
+                found[name] = parse_duration(table[name])
+            except ValueError as exc:
+                error(f"limits.{name}", str(exc))
     return found
 
 
