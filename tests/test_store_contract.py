@@ -462,6 +462,17 @@ def test_requeue_hands_a_stopped_gateways_mail_back_to_the_router(store: Store) 
     assert "requeue" in [hop.event for hop in store.hops(waiting)]
 
 
+def test_release_owner_gives_back_only_that_owners_leases(store: Store) -> None:
+    store.enqueue([message(), message()], now=100.0)
+    first = store.claim(ROUTER, "dead", 1, LEASE, now=101.0)
+    second = store.claim(ROUTER, "alive", 1, LEASE, now=101.0)
+    assert store.owners(ROUTER) == {"dead", "alive"}
+    assert store.release_owner(ROUTER, "dead", now=102.0) == 1
+    again = store.claim(ROUTER, "new", 10, LEASE, now=103.0)
+    assert [j.message_id for j in again] == [first[0].message_id]
+    assert store.owners(ROUTER) == {"alive", "new"} and second
+
+
 def test_due_sees_incoming_due_retries_and_expired_leases_only(store: Store) -> None:
     assert not store.due(ROUTER, now=0.0)
     store.enqueue([message()], now=100.0)

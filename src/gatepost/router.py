@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 
-from gatepost import notify, policy
+from gatepost import leases, notify, policy
 from gatepost.store import (
     ROUTER,
     AsyncStore,
@@ -67,7 +66,7 @@ class Router:
         self.topo = topo
         self.store = store
         self.wake_send = wake_send
-        self.owner = f"router:{os.getpid()}"
+        self.owner = leases.owner("router")
         self.wakeup = asyncio.Event()
         self.living: set[str] = set()
         self.checked = 0.0
@@ -79,6 +78,7 @@ class Router:
         self.wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        await leases.reclaim(self.store, ROUTER, time.time())
         while not stop.is_set():
             if time.time() - self.checked >= policy.HEARTBEAT:
                 await self.failover(time.time())

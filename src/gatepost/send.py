@@ -11,13 +11,12 @@ client core does) and no DNS (`mx` does).
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
-from gatepost import credentials, deliverylog, notify, policy
+from gatepost import credentials, deliverylog, leases, notify, policy
 from gatepost.mx import MxResolver, NoMailHost
 from gatepost.outbound import Outbound, Security, SessionError, client_context, defer
 from gatepost.relays import Gate, Pace, Relays
@@ -121,7 +120,7 @@ class SendSide:
         self.context = client_context(gateway.tls, gateway.tls_ca, gateway.tls_verify)
         self.mx = MxResolver(gateway.resolver, gateway.mx_port) if gateway.mx else None
         self.queue = send_queue(gateway.name)
-        self.owner = f"{self.queue}:{os.getpid()}"
+        self.owner = leases.owner(self.queue)
         self.wakeup = asyncio.Event()
         self.name = f"gateway:{gateway.name}"
         self.helo = notify.mta_name(topo, gateway.postoffice)
@@ -130,6 +129,7 @@ class SendSide:
         self.wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        await leases.reclaim(self.store, self.queue, self.clock())
         workers = [self.worker(stop) for _ in range(self.sessions)]
         await asyncio.gather(self.heartbeat(stop), *workers)
         await self.store.forget(self.name, self.owner)  # only once nothing is in flight

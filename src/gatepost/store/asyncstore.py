@@ -141,6 +141,12 @@ class AsyncStore:
     async def due(self, queue: str, now: float) -> bool:
         return await self._call(lambda store: store.due(queue, now))
 
+    async def owners(self, queue: str) -> set[str]:
+        return await self._call(lambda store: store.owners(queue))
+
+    async def release_owner(self, queue: str, owner: str, now: float) -> int:
+        return await self._call(lambda store: store.release_owner(queue, owner, now))
+
     async def heartbeat(self, name: str, owner: str, now: float) -> None:
         await self._call(lambda store: store.heartbeat(name, owner, now))
 

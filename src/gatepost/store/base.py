@@ -191,6 +191,14 @@ class Store(Protocol):
         """Is anything in `queue` claimable now? Cheap, and takes no write lock."""
         ...
 
+    def owners(self, queue: str) -> set[str]:
+        """Who holds leases on jobs of `queue`."""
+        ...
+
+    def release_owner(self, queue: str, owner: str, now: float) -> int:
+        """Give back every job of `queue` leased by `owner` (it died)."""
+        ...
+
     def heartbeat(self, name: str, owner: str, now: float) -> None:
         """Record that worker `name` (e.g. "gateway:GW1") run by `owner` is alive."""
         ...

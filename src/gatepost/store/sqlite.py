@@ -133,6 +133,10 @@ _REQUEUE = f"""UPDATE jobs SET queue = '{ROUTER}', state = 'incoming', next_atte
 _DUE = """SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'incoming')
     OR EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'deferred' AND next_attempt <= ?2)
     OR EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'active' AND lease_until < ?2)"""
+_OWNERS = """SELECT DISTINCT lease_owner FROM jobs
+    WHERE queue = ? AND state = 'active' AND lease_owner IS NOT NULL"""
+_RELEASE_OWNER = f"""UPDATE jobs SET state = 'incoming', next_attempt = NULL, {_UNLEASE}
+    WHERE queue = ? AND state = 'active' AND lease_owner = ?"""
 _COUNTS = "SELECT state, count(*) FROM jobs GROUP BY state"
 _PENDING = """SELECT
     (SELECT count(*) FROM jobs WHERE queue = ?1 AND state IN ('incoming', 'active'))
@@ -265,6 +269,13 @@ class SqliteStore:
                 if state == "delete":
                     conn.execute(_DROP_UNUSED_MESSAGE, (message_id,))
         return changed
+
+    def owners(self, queue: str) -> set[str]:
+        return {row[0] for row in self._conn.execute(_OWNERS, (queue,)).fetchall()}
+
+    def release_owner(self, queue: str, owner: str, now: float) -> int:
+        with self._write() as conn:
+            return conn.execute(_RELEASE_OWNER, (now, queue, owner)).rowcount
 
     def heartbeat(self, name: str, owner: str, now: float) -> None:
         with self._write() as conn:
