@@ -21,7 +21,7 @@ jobs are returned oldest first by (created, message_id, rcpt_id).
 
 from __future__ import annotations
 
-import secrets
+import random
 import sqlite3
 import threading
 import time
@@ -44,6 +44,7 @@ from .base import (
     NewMessage,
     Outcome,
     QueueEntry,
+    QueueKey,
     Released,
 )
 
@@ -110,10 +111,16 @@ _DROP_UNUSED_MESSAGE = """DELETE FROM messages WHERE id = ?
     AND NOT EXISTS (SELECT 1 FROM jobs WHERE message_id = messages.id)
     AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_id = messages.id)"""
 
-_QUEUE = """SELECT j.message_id, j.rcpt_id, m.sender, j.address, j.location, j.queue, j.state,
-    j.attempts, j.next_attempt, j.created, m.size, j.last_reply
+# One page of the listing: for each wanted state, one ordered range of the
+# jobs_by_state index after the key (?, ?, ?), cut at LIMIT; then the few rows
+# found are merged. One statement, so one snapshot; cost does not grow with depth.
+_QUEUE_STATE = """SELECT * FROM (SELECT j.message_id, j.rcpt_id, m.sender, j.address,
+    j.location, j.queue, j.state, j.attempts, j.next_attempt, j.created, m.size, j.last_reply
     FROM jobs j JOIN messages m ON m.id = j.message_id
-    WHERE j.state IN ({}) ORDER BY j.created, j.message_id, j.rcpt_id LIMIT ?"""
+    WHERE j.state = ? AND (j.created, j.message_id, j.rcpt_id) > (?, ?, ?)
+    ORDER BY j.created, j.message_id, j.rcpt_id LIMIT ?)"""
+_QUEUE_MERGE = " ORDER BY 10, 1, 2 LIMIT ?"  # created, message_id, rcpt_id
+_QUEUE_START: QueueKey = (float("-inf"), "", -1)  # before every job
 _MAILBOX = """SELECT b.entry_id, b.message_id, m.sender, b.delivered, m.size
     FROM mailbox b JOIN messages m ON m.id = b.message_id
     WHERE b.mailbox = ? ORDER BY b.entry_id"""
@@ -155,12 +162,13 @@ class QueueIds:
     def __init__(self) -> None:
         self._last = 0
         self._lock = threading.Lock()
+        self._random = random.Random()  # seeded from the OS once; ids need not be secret
 
     def next(self) -> str:
         with self._lock:
             micros = max(time.time_ns() // 1000, self._last + 1)
             self._last = micros
-        return self._digits(micros, 11) + self._digits(secrets.randbits(25), 5)
+        return self._digits(micros, 11) + self._digits(self._random.getrandbits(25), 5)
 
     @classmethod
     def _digits(cls, value: int, width: int) -> str:
@@ -313,13 +321,19 @@ class SqliteStore:
             raise KeyError(message_id)
         return bytes(row[0])
 
-    def queue(self, states: Sequence[str] = (), limit: int = 1000) -> list[QueueEntry]:
-        wanted = tuple(states) or NON_FINAL
+    def queue(
+        self, states: Sequence[str] = (), limit: int = 1000, after: QueueKey | None = None
+    ) -> list[QueueEntry]:
+        wanted = tuple(dict.fromkeys(states)) or NON_FINAL
         unknown = set(wanted) - set(STATES)
         if unknown:
             raise ValueError(f"unknown states {sorted(unknown)}")
-        sql = _QUEUE.format(", ".join("?" * len(wanted)))
-        rows = self._conn.execute(sql, (*wanted, limit)).fetchall()
+        if limit <= 0:
+            return []
+        start = _QUEUE_START if after is None else after
+        sql = " UNION ALL ".join([_QUEUE_STATE] * len(wanted)) + _QUEUE_MERGE
+        params = [value for state in wanted for value in (state, *start, limit)]
+        rows = self._conn.execute(sql, (*params, limit)).fetchall()
         return [QueueEntry(*row) for row in rows]
 
     def mailbox(self, mailbox: str) -> list[MailboxEntry]:
