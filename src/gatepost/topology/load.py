@@ -12,10 +12,10 @@ import ipaddress
 import re
 import tomllib
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from gatepost.topology.crosscheck import Crosscheck, Findings
 from gatepost.topology.model import (
     Capture,
     Delivery,
@@ -40,7 +40,6 @@ from gatepost.topology.options import (
     limits_options,
     send_options,
 )
-from gatepost.topology.routes import NoRoute, path
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,15}")
 MAILBOX = re.compile(r"[A-Za-z0-9._+-]{1,64}")
@@ -65,7 +64,7 @@ def load(path: Path) -> Topology:
 
 def check(path: Path) -> tuple[Topology | None, list[Problem], list[Problem]]:
     """(topology or None when there are errors, errors, warnings)."""
-    findings = _Findings()
+    findings = Findings()
     raw = _read(path, findings)
     if raw is None:
         return None, findings.errors, findings.warnings
@@ -75,24 +74,7 @@ def check(path: Path) -> tuple[Topology | None, list[Problem], list[Problem]]:
     return topo, findings.errors, findings.warnings
 
 
-@dataclass
-class _Findings:
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
-
-    def error(self, key: str, message: str) -> None:
-        self.errors.append(Problem(key, message))
-
-    def warn(self, key: str, message: str) -> None:
-        self.warnings.append(Problem(key, message))
-
-    def error_once(self, key: str, message: str) -> None:
-        """An error, unless `key` already has one (a bad value is not also missing)."""
-        if all(p.key != key for p in self.errors):
-            self.error(key, message)
-
-
-def _read(path: Path, findings: _Findings) -> Table | None:
+def _read(path: Path, findings: Findings) -> Table | None:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -108,21 +90,21 @@ def _read(path: Path, findings: _Findings) -> Table | None:
 # ---- field readers: each reports its own type errors -------------------------
 
 
-def _table(f: _Findings, value: object, key: str) -> Table | None:
+def _table(f: Findings, value: object, key: str) -> Table | None:
     if not isinstance(value, dict):
         f.error(key, "must be a table")
         return None
     return cast(Table, value)
 
 
-def _only(f: _Findings, table: Table, allowed: Iterable[str], prefix: str) -> None:
+def _only(f: Findings, table: Table, allowed: Iterable[str], prefix: str) -> None:
     known = set(allowed)
     for name in table:
         if name not in known:
             f.error(_join(prefix, name), f"unknown key (expected one of: {', '.join(allowed)})")
 
 
-def _string(f: _Findings, table: Table, name: str, prefix: str) -> str | None:
+def _string(f: Findings, table: Table, name: str, prefix: str) -> str | None:
     value = table.get(name)
     if value is None:
         return None
@@ -132,7 +114,7 @@ def _string(f: _Findings, table: Table, name: str, prefix: str) -> str | None:
     return value
 
 
-def _strings(f: _Findings, table: Table, name: str, prefix: str) -> list[tuple[str, str]]:
+def _strings(f: Findings, table: Table, name: str, prefix: str) -> list[tuple[str, str]]:
     """The string items of list `name` as (key path, value); bad items reported."""
     key = _join(prefix, name)
     value = table.get(name, [])
@@ -162,7 +144,7 @@ def _resolve(base: Path, text: str) -> Path:
 class _Builder:
     """Turns the parsed TOML into model objects, then checks them as a whole."""
 
-    def __init__(self, source: Path, findings: _Findings) -> None:
+    def __init__(self, source: Path, findings: Findings) -> None:
         self.source = source
         self.base = source.parent
         self.f = findings
@@ -182,7 +164,7 @@ class _Builder:
         topo = Topology(
             name, domains, store, postoffices, gateways, capture, self.source, delivery, limits
         )
-        _Crosscheck(topo, self.f).run()
+        Crosscheck(topo, self.f).run()
         return topo
 
     # [network]
@@ -399,136 +381,3 @@ class _Builder:
 
 def _bad_name(name: str) -> str:
     return f"bad name {name!r} (letters, digits, _ and -; at most 16; starts with letter/digit)"
-
-
-class _Crosscheck:
-    """Checks that need the whole topology: reachability, clashes, coverage."""
-
-    def __init__(self, topo: Topology, findings: _Findings) -> None:
-        self.topo = topo
-        self.f = findings
-
-    def run(self) -> None:
-        self._mailbox_clashes()
-        self._postoffice_warnings()
-        self._gateway_roles()
-        self._shared_gateway_postoffices()
-        self._listen_clashes()
-        self._coverage()
-        self._inbound_reach()
-
-    def _mailbox_clashes(self) -> None:
-        if not self.topo.domains:
-            return
-        owner: dict[str, str] = {}
-        for po in self.topo.postoffices.values():
-            for index, mailbox in enumerate(po.mailboxes):
-                if mailbox != "postmaster" and mailbox in owner:
-                    self.f.error(
-                        f"postoffices.{po.name}.mailboxes[{index}]",
-                        f"mailbox {mailbox} also exists in postoffice {owner[mailbox]}: "
-                        f"ambiguous under network domain {self.topo.domains[0]}",
-                    )
-                owner.setdefault(mailbox, po.name)
-
-    def _postoffice_warnings(self) -> None:
-        for po in self.topo.postoffices.values():
-            key = f"postoffices.{po.name}"
-            if not po.domains and not self.topo.domains:
-                self.f.warn(
-                    f"{key}.domains", "no domain here or on the network: SMTP cannot reach it"
-                )
-            if "postmaster" not in po.mailboxes:
-                self.f.warn(f"{key}.mailboxes", "no postmaster mailbox (bounces to <> map to it)")
-
-    def _gateway_roles(self) -> None:
-        for gw in self.topo.gateways.values():
-            key = f"gateways.{gw.name}"
-            if gw.sends and gw.smarthost is None and not gw.mx:
-                self.f.error_once(
-                    f"{key}.smarthost",
-                    f"a {gw.role} gateway needs a smarthost (host:port), smarthosts (a list), "
-                    'or smarthost = "mx" to deliver to the recipient domains\' MX hosts',
-                )
-            if gw.receives and gw.listen is None:
-                self.f.error_once(f"{key}.listen", f"a {gw.role} gateway needs a listen address")
-            if not gw.sends and gw.smarthost is not None:
-                self.f.warn(f"{key}.smarthost", "ignored: a receive gateway does not send")
-            if not gw.receives and gw.listen is not None:
-                self.f.warn(f"{key}.listen", "ignored: a send gateway does not receive")
-            if not gw.sends and gw.serves:
-                self.f.warn(f"{key}.serves", "ignored: a receive gateway carries no outbound mail")
-            if gw.sends and gw.receives and gw.listen and gw.listen in gw.smarthosts:
-                self.f.error(f"{key}.smarthost", "is this gateway's own listen address (mail loop)")
-
-    def _shared_gateway_postoffices(self) -> None:
-        first: dict[str, str] = {}
-        for gw in self.topo.gateways.values():
-            if gw.postoffice in first:
-                self.f.warn(
-                    f"gateways.{gw.name}.postoffice",
-                    f"postoffice {gw.postoffice} already hosts gateway {first[gw.postoffice]}; "
-                    "give each gateway its own gateway postoffice",
-                )
-            first.setdefault(gw.postoffice, gw.name)
-
-    def _listen_clashes(self) -> None:
-        taken: dict[HostPort, str] = {}
-        for gw in self.topo.gateways.values():
-            if gw.receives and gw.listen is not None:
-                self._claim(taken, gw.listen, f"gateways.{gw.name}.listen")
-        if self.topo.capture is not None:
-            self._claim(taken, self.topo.capture.listen, "capture.listen")
-
-    def _claim(self, taken: dict[HostPort, str], address: HostPort, key: str) -> None:
-        if address.port == 0:
-            return
-        for other, owner in taken.items():
-            if _same_socket(address, other):
-                self.f.error(key, f"listen address {address} is already used by {owner}")
-                break
-        taken.setdefault(address, key)
-
-    def _coverage(self) -> None:
-        served: set[str] = set()
-        for gw in self.topo.gateways.values():
-            if not gw.sends:
-                continue
-            for index, po in enumerate(gw.serves):
-                served.add(po)
-                if not _reachable(self.topo, po, gw.postoffice):
-                    self.f.error(
-                        f"gateways.{gw.name}.serves[{index}]",
-                        f"no route over links from {po} to gateway postoffice {gw.postoffice}",
-                    )
-        for name in self.topo.postoffices:
-            if name not in served:
-                self.f.error(f"postoffices.{name}", "no sending gateway serves it")
-
-    def _inbound_reach(self) -> None:
-        for gw in self.topo.gateways.values():
-            if not gw.receives:
-                continue
-            for name in self.topo.postoffices:
-                if not _reachable(self.topo, gw.postoffice, name):
-                    self.f.error(
-                        f"gateways.{gw.name}.postoffice",
-                        f"no route over links from {gw.postoffice} to {name}: "
-                        "mail received here could not be delivered",
-                    )
-
-
-def _same_socket(a: HostPort, b: HostPort) -> bool:
-    """Would binding both fail? Same port and same host, or either is a wildcard."""
-    hosts = {"localhost": "127.0.0.1"}
-    a_host, b_host = hosts.get(a.host, a.host), hosts.get(b.host, b.host)
-    wildcard = {"0.0.0.0", "::"}
-    return a.port == b.port and (a_host == b_host or bool({a_host, b_host} & wildcard))
-
-
-def _reachable(topo: Topology, src: str, dst: str) -> bool:
-    try:
-        path(topo, src, dst)
-    except NoRoute:
-        return False
-    return True
