@@ -43,3 +43,9 @@ SOAK_DIR ?= /tmp/gatepost-soak
 soak: $(STAMP)
 	rm -rf $(SOAK_DIR)
 	$(BIN)/python tests/soak.py --dir $(SOAK_DIR) $(SOAK_ARGS)
+
+# Large queue (issue #5): gatepost relay with 1,000,000 deferred messages queued vs an
+# empty store, and how long `gatepost mailq` takes; writes bench/results/latest-queue.md.
+QUEUE_ARGS ?= --large-queue 1000000
+bench-queue: $(STAMP)
+	$(MAKE) bench BENCH_ARGS="$(QUEUE_ARGS)"

@@ -3,6 +3,8 @@
 Measures relay and inbound throughput (median of rounds, ratio gatepost/Postfix),
 acceptance latency at half of each system's median relay rate, and gatepost's
 peak RSS; writes bench/results/latest.{md,json,png}. `--quick` is a smoke check.
+`--large-queue N` measures instead relay with N deferred messages queued against
+an empty store, and mailq's time (bench/largequeue.py; latest-queue.{md,json}).
 Run as `python bench/run.py` or `python -m bench.run` from the repository root.
 """
 
@@ -19,7 +21,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import report
+from bench import largequeue, report
 from bench.common import BenchError, short
 from bench.runs import Factory, latency, throughput
 from bench.setup import describe, factories
@@ -38,6 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gatepost-roles", default="",
                         help="e.g. 'router;gateway:GW1': one gatepost process per role group")
     parser.add_argument("--quick", action="store_true", help="n=300, 1 round, 3 s of latency")
+    parser.add_argument("--large-queue", type=int, nargs="?", const=1_000_000, default=None,
+                        metavar="N", help="gatepost relay with N (default 1000000) deferred "
+                        "messages queued vs an empty store, and mailq's time")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -79,6 +84,8 @@ def rounds(args: argparse.Namespace, systems: dict[str, Factory]) -> dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.large_queue is not None:
+        return largequeue.main(args)
     roles = [r for r in args.gatepost_roles.split(";") if r]
     systems = {k: v for k, v in factories(roles).items() if k in args.systems.split(",")}
     runs = rounds(args, systems)

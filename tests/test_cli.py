@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import MakeNet
+from conftest import MakeNet, Net
+from gatepost.store import NewMessage, NewRecipient, SqliteStore
 from support import ROOT, gatepost
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
@@ -100,3 +101,64 @@ def test_run_only_an_unknown_role_names_the_known_roles(make_net: MakeNet) -> No
     result = make_net().cli("run", "--only", "nonsense")
     assert result.returncode != 0
     assert "unknown role nonsense; this topology has: router, gateway:GW1" in result.stderr.decode()
+
+
+# -- mailq pages ---------------------------------------------------------------------
+
+
+def queue_mail(net: Net, *recipients: str) -> list[str]:
+    """One message per recipient, straight into the topology's store, one second apart."""
+    store = SqliteStore(net.config.parent / "var" / "acme.db")
+    try:
+        return [store.enqueue([NewMessage("a@b.example", (NewRecipient(rcpt, None),), b"x",
+                                          "HQ", "HQ", "cli")], now=1000.0 + n)[0]
+                for n, rcpt in enumerate(recipients)]
+    finally:
+        store.close()
+
+
+def json_pages(net: Net, *options: str) -> list[list[str]]:
+    """Follow `mailq --json` from page to page by the cursor each prints on stderr."""
+    pages, after = [], []
+    while True:
+        result = net.cli("mailq", "--json", *options, *after)
+        assert result.returncode == 0, result.stderr.decode()
+        pages.append([row["id"] for row in json.loads(result.stdout)])
+        found = re.search(r"next page: (--after \S+)", result.stderr.decode())
+        if found is None:
+            return pages
+        after = found.group(1).split(" ")
+        assert len(pages) < 10, pages
+
+
+def test_mailq_json_pages_list_every_message_once_oldest_first(make_net: MakeNet) -> None:
+    net = make_net()
+    ids = queue_mail(net, *[f"r{n}@ext.example" for n in range(5)])
+    assert json_pages(net, "--limit", "2") == [ids[0:2], ids[2:4], ids[4:5]]
+
+
+def test_mailq_table_shows_a_page_the_counts_and_the_next_page(make_net: MakeNet) -> None:
+    net = make_net()
+    ids = queue_mail(net, *[f"r{n}@ext.example" for n in range(3)])
+    out = net.cli("mailq", "--limit", "2").stdout.decode()
+    assert [line.split()[0] for line in out.splitlines()[1:3]] == ids[:2]
+    assert "-- recipients: incoming 3, active 0, deferred 0, hold 0" in out
+    cursor = re.search(r"next page: mailq --after (\S+)", out)
+    assert cursor is not None, out
+    last = net.cli("mailq", "--limit", "2", "--after", cursor.group(1)).stdout.decode()
+    assert ids[2] in last and ids[0] not in last and "next page" not in last
+
+
+def test_mailq_filtered_pages_skip_what_does_not_match(make_net: MakeNet) -> None:
+    net = make_net()
+    ids = queue_mail(net, "a@one.example", "b@two.example", "c@one.example", "d@two.example",
+                     "e@one.example")
+    pages = json_pages(net, "--limit", "2", "--domain", "one.example")
+    assert [i for page in pages for i in page] == [ids[0], ids[2], ids[4]]
+    assert all(len(page) <= 2 for page in pages)
+
+
+def test_mailq_refuses_a_cursor_it_did_not_print(make_net: MakeNet) -> None:
+    result = make_net().cli("mailq", "--after", "yesterday")
+    assert result.returncode == 2
+    assert "'yesterday' is not a cursor mailq printed" in result.stderr.decode()

@@ -33,6 +33,7 @@ from gatepost.store import (
     schema,
     send_queue,
 )
+from gatepost.store import sqlite as sqlite_module
 
 SEND = send_queue("GW1")
 LEASE = 60.0
@@ -423,6 +424,55 @@ def test_purge_forgets_old_final_mail(backend: Backend, store: Store) -> None:
     assert len(store.mailbox("HQ/b")) == 1
 
 
+# -- listing and paging ------------------------------------------------------------------
+
+
+def mixed_queue(store: Store) -> list[str]:
+    """Six messages over three times, two recipients each, in every state; returns ids."""
+    ids: list[str] = []
+    for now in (10.0, 20.0, 30.0):
+        ids += store.enqueue([message(("a@x", None), ("b@x", None)) for _ in range(2)], now=now)
+    jobs = store.claim(ROUTER, "w", 4, LEASE, now=40.0)  # the 10.0 ones: two stay active
+    store.complete([Deferred(jobs[0], retry_at=99.0, reply="451"), Delivered(jobs[1])], now=41.0)
+    store.set_state([ids[4]], "hold", now=42.0)
+    return ids
+
+
+def walk(store: Store, limit: int, states: tuple[str, ...] = ()) -> list[list[tuple[str, int]]]:
+    pages, after = [], None
+    while page := store.queue(states, limit, after):
+        pages.append([(e.message_id, e.rcpt_id) for e in page])
+        after = page[-1].key
+    return pages
+
+
+def test_queue_pages_walk_every_waiting_job_once_oldest_first(store: Store) -> None:
+    ids = mixed_queue(store)
+    pages = walk(store, limit=5)
+    assert [len(page) for page in pages] == [5, 5, 1]  # 12 jobs, one delivered
+    listed = [key for page in pages for key in page]
+    assert listed == [(e.message_id, e.rcpt_id) for e in store.queue(limit=100)]
+    expected = [(i, r) for i in ids for r in (0, 1)]
+    expected.remove((ids[0], 1))  # delivered: final, not listed
+    assert listed == expected
+    assert {e.state for e in store.queue(limit=100)} == {"incoming", "active", "deferred", "hold"}
+
+
+def test_queue_pages_of_one_state(store: Store) -> None:
+    ids = mixed_queue(store)
+    assert walk(store, limit=1, states=("hold",)) == [[(ids[4], 0)], [(ids[4], 1)]]
+    assert walk(store, limit=2, states=("delivered", "deferred")) == [[(ids[0], 0), (ids[0], 1)]]
+
+
+def test_a_page_resumes_after_its_key_when_that_job_has_gone(store: Store) -> None:
+    ids = mixed_queue(store)
+    first = store.queue(limit=4)
+    assert [e.message_id for e in first] == [ids[0], ids[1], ids[1], ids[2]]
+    store.set_state([ids[2], ids[0]], "delete", now=50.0)  # the last one listed, and earlier
+    rest = store.queue(limit=100, after=first[-1].key)
+    assert [(e.message_id, e.rcpt_id) for e in rest] == [(i, r) for i in ids[3:] for r in (0, 1)]
+
+
 # -- several processes -------------------------------------------------------------------
 
 
@@ -534,6 +584,75 @@ def test_sqlite_enqueue_commits_with_full_sync_and_claims_do_not(tmp_path: Path)
     assert full and full[0] < commit  # the acknowledged write is fsync'ed
     assert "PRAGMA synchronous = FULL" not in seen and "COMMIT" in seen
     store.close()
+
+
+def query_plans(store: SqliteStore, calls: Callable[[], object]) -> dict[str, list[str]]:
+    """EXPLAIN QUERY PLAN of every SELECT that `calls` ran, by statement."""
+    seen: list[str] = []
+    store._conn.set_trace_callback(seen.append)
+    calls()
+    store._conn.set_trace_callback(None)
+    selects = [sql for sql in seen if sql.lstrip().upper().startswith("SELECT")]
+    return {sql: [row[3] for row in store._conn.execute("EXPLAIN QUERY PLAN " + sql)]
+            for sql in selects}
+
+
+def test_sqlite_listing_claims_and_counts_never_scan_the_jobs_table(tmp_path: Path) -> None:
+    """With a million deferred jobs, what runs all the time (claims, due,
+    pending) and what a user waits for (a mailq page, its counts) must be
+    index searches, so their cost does not grow with the backlog."""
+    store = SqliteStore(tmp_path / "q.db")
+    mixed_queue(store)
+    key = store.queue(limit=3)[-1].key
+
+    def calls() -> None:
+        store.queue(limit=3, after=key)
+        store.queue(("deferred",), limit=3, after=key)
+        store.claim(SEND, "gw", 10, LEASE, now=60.0)
+        store.due(SEND, now=60.0)
+        store.pending(SEND, now=60.0)
+        store.counts()
+
+    plans = query_plans(store, calls)
+    assert len(plans) >= 7
+    for sql, plan in plans.items():
+        on_jobs = [line for line in plan if " j " in f"{line} " or "jobs" in line]
+        assert on_jobs, (sql, plan)
+        for line in on_jobs:
+            full_scan = line.startswith("SCAN") and "COVERING INDEX jobs_by_state" not in line
+            assert not full_scan, (sql, plan)
+        assert not any("GROUP BY" in line for line in plan), (sql, plan)  # no sort for counts
+    store.close()
+
+
+def test_sqlite_version_1_file_gets_the_listing_index(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for statement in schema.MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+    store = SqliteStore(path)
+    [message_id] = store.enqueue([message()], now=1.0)
+    assert [e.message_id for e in store.queue(("incoming",), limit=1)] == [message_id]
+    indexes = {row[0] for row in store._conn.execute("SELECT name FROM sqlite_master")}
+    assert "jobs_by_state" in indexes
+    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == schema.VERSION
+    store.close()
+
+
+def test_sqlite_opening_a_current_store_does_not_wait_for_a_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mailq opens the store while the system writes: it must only read."""
+    path = tmp_path / "q.db"
+    SqliteStore(path).close()
+    monkeypatch.setattr(sqlite_module, "BUSY_TIMEOUT", 0.1)  # fail soon instead of waiting
+    with closing(sqlite3.connect(path, isolation_level=None, timeout=0)) as writer:
+        writer.execute("BEGIN IMMEDIATE")
+        store = SqliteStore(path)
+        assert store.queue() == [] and store.counts()["incoming"] == 0
+        writer.execute("ROLLBACK")
+        store.close()
 
 
 @pytest.mark.parametrize("form", ["sqlite:{}", "sqlite://{}"])

@@ -13,9 +13,10 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import BinaryIO
 
-from gatepost.smtp.events import NEED_DATA, ConnectionClosed, Mail, Message, Rcpt, Reply
-from gatepost.smtp.server import ServerConnection
+from gatepost.smtp.events import NEED_DATA, ConnectionClosed, Content, Mail, Message, Rcpt, Reply
+from gatepost.smtp.server import ServerConnection, State
 
 log = logging.getLogger("gatepost.capture")
 
@@ -43,9 +44,13 @@ class Capture:
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = ServerConnection("capture.invalid")
         sender, recipients = "", list[str]()
+        file: BinaryIO | None = None  # a large message being written
         try:
             while True:
                 event = conn.next_event()
+                if file is not None and conn.state is not State.DATA and not isinstance(event, Message):
+                    self.drop(file)  # refused by the core
+                    file = None
                 if event is NEED_DATA:
                     writer.write(conn.data_to_send())
                     await writer.drain()
@@ -59,21 +64,39 @@ class Capture:
                 elif isinstance(event, Rcpt):
                     recipients.append(event.recipient)
                     conn.send(Reply.of(250, "2.1.5 Ok"))
+                elif isinstance(event, Content):
+                    file = file or self.open_file(sender, recipients)
+                    file.write(event.data)
                 elif isinstance(event, Message):
-                    name = self.write(sender, recipients, event.content)
+                    file = file or self.open_file(sender, recipients)
+                    file.write(event.content)
+                    name, file = self.finish(file, sender, len(recipients)), None
                     conn.send(Reply.of(250, f"2.0.0 Ok: captured as {name}"))
         except ConnectionError:
             pass
         finally:
+            if file is not None:
+                self.drop(file)
             writer.close()
 
-    def write(self, sender: str, recipients: list[str], content: bytes) -> str:
+    def open_file(self, sender: str, recipients: list[str]) -> BinaryIO:
+        """A temporary file holding the envelope, for the content to follow."""
         name = f"{time.time_ns()}-{os.getpid()}-{next(self.counter)}.eml"
         envelope = f"Return-Path: <{sender}>\r\n" + "".join(
             f"X-Original-To: <{r}>\r\n" for r in recipients
         )
-        temporary = self.directory / f".{name}.tmp"
-        temporary.write_bytes(envelope.encode("utf-8") + content)
+        file = (self.directory / f".{name}.tmp").open("wb")
+        file.write(envelope.encode("utf-8"))
+        return file
+
+    def finish(self, file: BinaryIO, sender: str, recipients: int) -> str:
+        file.close()
+        temporary = Path(file.name)
+        name = temporary.name[1 : -len(".tmp")]
         temporary.rename(self.directory / name)
-        log.info("captured %s from=<%s> rcpts=%d", name, sender, len(recipients))
+        log.info("captured %s from=<%s> rcpts=%d", name, sender, recipients)
         return name
+
+    def drop(self, file: BinaryIO) -> None:
+        file.close()
+        Path(file.name).unlink(missing_ok=True)

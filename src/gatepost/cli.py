@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -18,10 +19,9 @@ from typing import Any, TypeVar
 
 import click
 
-from gatepost import runner, submit, views
+from gatepost import submit, views
 from gatepost.deliverylog import FORMAT_VARIABLE
-from gatepost.store import STATES, Store, open_store
-from gatepost.supervisor import Supervisor
+from gatepost.store import STATES, QueueKey, Store, open_store
 from gatepost.topology import (
     AddressError,
     Native,
@@ -121,6 +121,9 @@ def run_command(config: Path | None, only: str | None, guide: bool, verbose: boo
                 ready_fd: int | None) -> None:
     """Run the topology until SIGTERM or Ctrl-C: every role in a process of its
     own, or --only the roles named, in this process."""
+    from gatepost import runner  # here: the other commands start faster without it
+    from gatepost.supervisor import Supervisor
+
     topo = topology(config)
     try:
         roles = runner.parse_roles(topo, only)
@@ -192,10 +195,11 @@ def mailbox_command(config: Path | None, mailbox: str, as_json: bool, show: int 
         raise click.BadParameter(f"{mailbox} is not a mailbox of {topo.name}")
     with opened(topo) as store:
         if show is not None:
-            content = store.mailbox_content(owner.key, show)
+            content = store.open_mailbox_content(owner.key, show)
             if content is None:
                 raise click.ClickException(f"no message {show} in {native_str(topo, owner)}")
-            sys.stdout.buffer.write(content)
+            with content:
+                shutil.copyfileobj(content, sys.stdout.buffer, 256 * 1024)
             return
         rows = views.mailbox_rows(store, owner.key)
     click.echo(json.dumps(rows, indent=2) if as_json else views.mailbox_table(rows))
@@ -203,19 +207,42 @@ def mailbox_command(config: Path | None, mailbox: str, as_json: bool, show: int 
 
 @main.command("mailq")
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON output: a list of rows; the next page's --after goes to stderr.")
 @click.option("--state", "states", multiple=True, type=click.Choice(STATES),
               help="Only recipients in this state (repeatable; default: all not final).")
 @click.option("--gateway", default=None, help="Only mail waiting for this gateway's send side.")
 @click.option("--domain", default=None, help="Only recipients at this domain.")
-@click.option("--limit", default=1000, show_default=True, help="At most this many rows.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1),
+              help="At most this many rows (one page).")
+@click.option("--after", "after", default=None, metavar="CURSOR",
+              help="Start after this place: the cursor the previous page printed.")
 def mailq_command(config: Path | None, as_json: bool, states: tuple[str, ...],
-                  gateway: str | None, domain: str | None, limit: int) -> None:
-    """What is queued: where it waits, its state, attempts and next attempt."""
+                  gateway: str | None, domain: str | None, limit: int,
+                  after: str | None) -> None:
+    """What is queued: where it waits, its state, attempts and next attempt.
+    One page, oldest first; the page says how to get the next one."""
+    start = cursor_option(after)
     with opened(topology(config)) as store:
-        entries = store.queue(states, limit if not (gateway or domain) else 10 * limit)
-    rows = views.queue_rows(views.select(entries, gateway, domain)[:limit])
-    click.echo(json.dumps(rows, indent=2) if as_json else views.queue_table(rows))
+        entries, next_key = views.queue_page(store, states, limit, start, gateway, domain)
+        counts = {} if as_json else store.counts()
+    rows = views.queue_rows(entries)
+    if not as_json:
+        click.echo(views.queue_table(rows, counts, next_key))
+        return
+    click.echo(json.dumps(rows, indent=2))
+    if next_key is not None:
+        click.echo(f"next page: --after {views.cursor_text(next_key)}", err=True)
+
+
+def cursor_option(text: str | None) -> QueueKey | None:
+    if text is None:
+        return None
+    try:
+        return views.parse_cursor(text)
+    except ValueError as error:
+        raise click.BadParameter(f"{text!r} is not a cursor mailq printed",
+                                 param_hint="--after") from error
 
 
 def admin(config: Path | None, ids: tuple[str, ...], action: str) -> None:

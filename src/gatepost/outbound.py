@@ -2,7 +2,8 @@
 
 Opens a connection, says EHLO, upgrades to TLS with STARTTLS (and says EHLO
 again) and authenticates when told to, runs pipelined transactions and
-reports one reply per recipient. It holds no protocol knowledge of its own
+reports one reply per recipient. Content given as a file is streamed in
+pieces (the client core stuffs them). It holds no protocol knowledge of its own
 and decides nothing about retries: trouble with the host itself (TLS, AUTH)
 is raised as a SessionError with a 4xx reply, so the mail waits.
 """
@@ -13,6 +14,7 @@ import asyncio
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from gatepost.credentials import Login
 from gatepost.smtp.client import ClientConnection, auth_login, auth_plain
@@ -21,6 +23,7 @@ from gatepost.smtp.events import (
     ClientCommand,
     Command,
     ConnectionClosed,
+    Content,
     Data,
     Ehlo,
     Mail,
@@ -38,6 +41,9 @@ CONNECT_TIMEOUT = 30.0
 REPLY_TIMEOUT = 300.0  # RFC 5321 4.5.3.2: 5 minutes for MAIL, RCPT, the greeting
 FINAL_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: 10 minutes for the reply to the final dot
 READ_SIZE = 65536
+CONTENT_PIECE = 256 * 1024  # bytes read from a content file per write
+
+Payload = bytes | BinaryIO  # a message's content: whole, or a file to stream
 
 
 class SessionError(Exception):
@@ -167,16 +173,19 @@ class Outbound:
             data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
             self.conn.receive_data(data)
 
-    async def transact(self, sender: str, recipients: list[str], content: bytes) -> list[Reply]:
+    async def transact(self, sender: str, recipients: list[str], content: Payload) -> list[Reply]:
         """One mail transaction; returns the reply that decides each recipient."""
-        eight_bit = not content.isascii()
+        if isinstance(content, bytes):
+            size, eight_bit = len(content), not content.isascii()
+        else:
+            size, eight_bit = await asyncio.to_thread(measure, content)
         utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
-        mail = Mail(sender, len(content), "8BITMIME" if eight_bit else None, utf8)
+        mail = Mail(sender, size, "8BITMIME" if eight_bit else None, utf8)
         if "PIPELINING" in self.conn.extensions:
             return await self.pipelined(mail, recipients, content)
         return await self.stepwise(mail, recipients, content)
 
-    async def pipelined(self, mail: Mail, recipients: list[str], content: bytes) -> list[Reply]:
+    async def pipelined(self, mail: Mail, recipients: list[str], content: Payload) -> list[Reply]:
         commands: list[Command] = [mail, *(Rcpt(r) for r in recipients), Data()]
         self.writer.write(b"".join(self.conn.send(c) for c in commands))
         replies = [(await self.response()).reply for _ in commands]
@@ -186,7 +195,7 @@ class Outbound:
             return [mail_reply] * len(recipients)
         return await self.finish(rcpt_replies, data_reply, content)
 
-    async def stepwise(self, mail: Mail, recipients: list[str], content: bytes) -> list[Reply]:
+    async def stepwise(self, mail: Mail, recipients: list[str], content: Payload) -> list[Reply]:
         mail_reply = await self.command(mail)
         if not mail_reply.is_positive:
             await self.reset(None)
@@ -197,17 +206,26 @@ class Outbound:
             return rcpt_replies
         return await self.finish(rcpt_replies, await self.command(Data()), content)
 
-    async def finish(self, rcpt_replies: list[Reply], data_reply: Reply, content: bytes) -> list[Reply]:
+    async def finish(self, rcpt_replies: list[Reply], data_reply: Reply, content: Payload) -> list[Reply]:
         accepted = any(r.is_positive for r in rcpt_replies)
         if data_reply.code != 354:
             if data_reply.is_positive:
                 raise SessionError(Reply.of(451, "4.5.0 smart host accepted DATA without 354"))
             await self.reset(None)
             return [r if not r.is_positive else data_reply for r in rcpt_replies]
-        final = await self.command(Message(content if accepted else b""), FINAL_TIMEOUT)
+        final = await self.send_content(content if accepted else b"")
         if not accepted:
             return rcpt_replies
         return [r if not r.is_positive else final for r in rcpt_replies]
+
+    async def send_content(self, content: Payload) -> Reply:
+        """Send the content after 354; a file goes piece by piece."""
+        if isinstance(content, bytes):
+            return await self.command(Message(content), FINAL_TIMEOUT)
+        while piece := content.read(CONTENT_PIECE):
+            self.writer.write(self.conn.send(Content(piece)))
+            await asyncio.wait_for(self.writer.drain(), FINAL_TIMEOUT)
+        return await self.command(Message(b""), FINAL_TIMEOUT)
 
     async def reset(self, data_reply: Reply | None) -> None:
         if data_reply is not None and data_reply.code == 354:
@@ -223,3 +241,14 @@ class Outbound:
             pass
         finally:
             self.writer.close()
+
+
+def measure(content: BinaryIO) -> tuple[int, bool]:
+    """Size of a content file, and whether it holds 8-bit bytes; rewinds it."""
+    size, eight_bit = 0, False
+    content.seek(0)
+    while piece := content.read(CONTENT_PIECE):
+        size += len(piece)
+        eight_bit = eight_bit or not piece.isascii()
+    content.seek(0)
+    return size, eight_bit

@@ -5,7 +5,9 @@ through the group-committing store) before answering 250, and leaves the
 rest to the router. It knows no SMTP syntax (the core does) and never
 delivers or routes. It holds the clock for the core: idle, command and DATA
 deadlines, the early-talker wait, connection limits (see `guard`), and the
-socket's STARTTLS upgrade.
+socket's STARTTLS upgrade. A large message arrives as Content pieces that a
+`spooling.Body` collects (in a spool file beyond a threshold) until the core's
+Message ends it; when the core refuses the message instead, they are dropped.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gatepost import policy
 from gatepost.smtp.events import (
     NEED_DATA,
     ConnectionClosed,
+    Content,
     Ehlo,
     Mail,
     Message,
@@ -43,6 +47,7 @@ from gatepost.topology import AddressError, Gateway, Topology, UnknownMailbox, l
 from gatepost.topology.model import Limits as TopologyLimits
 
 from .guard import Admission, Deadlines, Pace
+from .spooling import Body
 
 log = logging.getLogger("gatepost.receive")
 
@@ -159,12 +164,22 @@ class Session:
         )
         self.may_relay = relay_allowed(peer, side.gateway)
         self.pace = Pace(side.deadlines)
+        self.body: Body | None = None  # a large message's content so far
 
     async def run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self.converse(reader, writer)
+        finally:
+            self.drop_body()
+
+    async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = self.conn
         await self.pregreet(reader)
         while True:
             event = conn.next_event()
+            refused = conn.state is not State.DATA and not isinstance(event, Message)
+            if refused and self.body is not None:
+                self.drop_body()  # the core refused the message: no Message follows
             if event is NEED_DATA:
                 await self.flush(writer)
                 conn.receive_data(await self.read(reader))
@@ -179,6 +194,8 @@ class Session:
                 conn.send(Reply.of(250, "2.1.0 Ok"))
             elif isinstance(event, Rcpt):
                 conn.send(self.recipient(event.recipient))
+            elif isinstance(event, Content):
+                await self.collect(event.data)
             elif isinstance(event, Message):
                 writer.write(conn.data_to_send())
                 conn.send(await self.accept(event.content))
@@ -244,31 +261,61 @@ class Session:
         )
         return Reply.of(250, "2.1.5 Ok")
 
-    async def accept(self, content: bytes) -> Reply:
-        envelope, self.envelope = self.envelope, Envelope()
+    def trace(self, queue_id: str) -> bytes:
+        """The Received header that goes first in the stored message."""
         side = self.side
-        now = time.time()
-        queue_id = new_queue_id()
-        trace = policy.received_header(side.hostname, self.helo or "unknown", self.peer, queue_id, now)
-        message = NewMessage(
+        helo = self.helo or "unknown"
+        return policy.received_header(side.hostname, helo, self.peer, queue_id, time.time())
+
+    async def collect(self, data: bytes) -> None:
+        if self.body is None:
+            queue_id = new_queue_id()
+            self.body = Body(self.side.store, queue_id, self.trace(queue_id))
+        await self.body.add(data)
+
+    def drop_body(self) -> None:
+        if self.body is not None:
+            self.body.discard()
+            self.body = None
+
+    async def accept(self, last: bytes) -> Reply:
+        """Store the message (`last` is its content, or the last piece of it)."""
+        envelope, self.envelope = self.envelope, Envelope()
+        body, self.body = self.body, None  # from here the file may be the store's
+        try:
+            if body is None:
+                queue_id = new_queue_id()
+                content, spooled, size = self.trace(queue_id) + last, None, 0
+            else:
+                queue_id = body.queue_id
+                await body.add(last)
+                (content, spooled), size = await body.finish(), body.size
+            queue_id = await self.side.store.enqueue(self.message(envelope, queue_id, content, spooled))
+        except Exception as error:  # noqa: BLE001 - any failed commit: 4xx, never 250
+            if body is not None:
+                body.discard()  # not committed: the file is no one's
+            return store_failure(error)
+        self.side.wake_router()
+        log.info(
+            "%s: received from=<%s> rcpts=%d size=%d client=%s", queue_id, envelope.sender,
+            len(envelope.recipients), size or len(content), self.peer,
+        )
+        return Reply.of(250, f"2.0.0 Ok: queued as {queue_id}")
+
+    def message(
+        self, envelope: Envelope, queue_id: str, content: bytes, spooled: Path | None
+    ) -> NewMessage:
+        side = self.side
+        return NewMessage(
             queue_id=queue_id,
             sender=envelope.sender,
             recipients=tuple(envelope.recipients),
-            content=trace + content,
+            content=content,
             location=side.gateway.postoffice,
             origin=origin_of(side.topo, envelope.sender, side.gateway.postoffice),
             received_by=f"gateway:{side.gateway.name}",
+            content_file=spooled,
         )
-        try:
-            queue_id = await side.store.enqueue(message)
-        except Exception as error:  # noqa: BLE001 - any failed commit: 4xx, never 250
-            return store_failure(error)
-        side.wake_router()
-        log.info(
-            "%s: received from=<%s> rcpts=%d size=%d client=%s",
-            queue_id, envelope.sender, len(envelope.recipients), len(message.content), self.peer,
-        )
-        return Reply.of(250, f"2.0.0 Ok: queued as {queue_id}")
 
 
 def store_failure(error: Exception) -> Reply:

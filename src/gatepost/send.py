@@ -11,6 +11,7 @@ client core does) and no DNS (`mx` does).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from itertools import groupby
 
 from gatepost import credentials, deliverylog, leases, notify, policy
 from gatepost.mx import MxResolver, NoMailHost
-from gatepost.outbound import Outbound, Security, SessionError, client_context, defer
+from gatepost.outbound import Outbound, Payload, Security, SessionError, client_context, defer
 from gatepost.relays import Gate, Pace, Relays
 from gatepost.signing import Signer
 from gatepost.smtp.events import Reply
@@ -36,9 +37,12 @@ from gatepost.topology import Gateway, Topology
 from gatepost.topology.model import Delivery, HostPort
 from gatepost.waiting import idle, wait_any
 
+log = logging.getLogger("gatepost.send")
+
 PER_CLAIM = 64  # recipients claimed per batch
 KEEP_OPEN = 2.0  # seconds an idle session to the smart host stays open
 GATE_WAIT = 30.0  # seconds a worker waits for a free session before deferring
+STREAM_ABOVE = 1 << 20  # bytes of content beyond which it is streamed from the store
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,15 +264,28 @@ class SendSide:
 
     async def transact(self, link: Link, jobs: list[Job]) -> list[Outcome]:
         first = jobs[0]
-        content = await self.store.content(first.message_id)
-        if self.signer:
-            content = self.signer.sign(content)
+        content = await self.payload(first)
         await self.pace.wait()
-        replies = await link.session.transact(first.sender, [job.address for job in jobs], content)
+        try:
+            replies = await link.session.transact(first.sender, [j.address for j in jobs], content)
+        finally:
+            if not isinstance(content, bytes):
+                content.close()
         link.sent += 1
         now = self.clock()
         relay = str(link.target)
         return [outcome(job, reply, relay, now, self.delivery) for job, reply in zip(jobs, replies)]
+
+    async def payload(self, job: Job) -> Payload:
+        """The content to send: whole (and DKIM-signed) when small, else a
+        file to stream, sent unsigned (dkimpy signs whole messages only)."""
+        if job.size <= STREAM_ABOVE:
+            content = await self.store.content(job.message_id)
+            return self.signer.sign(content) if self.signer else content
+        if self.signer:
+            log.warning("%s: %d bytes, above %d: sent without a DKIM signature",
+                        job.message_id, job.size, STREAM_ABOVE)
+        return await self.store.open_content(job.message_id)
 
     async def release(self, link: Link | None, polite: bool = True) -> None:
         """Close `link` (QUIT first when `polite`) and free its gate place."""

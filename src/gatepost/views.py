@@ -11,11 +11,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 
-from gatepost.store import Hop, QueueEntry, Store
+from gatepost.store import STATES, Hop, QueueEntry, QueueKey, Store
 from gatepost.topology import Topology
 
 Row = dict[str, Any]
@@ -37,8 +37,7 @@ def mailbox_rows(store: Store, mailbox: str) -> list[Row]:
     parser = email.parser.BytesHeaderParser(policy=email.policy.default)
     rows = []
     for entry in store.mailbox(mailbox):
-        content = store.mailbox_content(mailbox, entry.entry_id) or b""
-        headers = parser.parsebytes(content)
+        headers = parser.parsebytes(head(store.open_mailbox_content(mailbox, entry.entry_id)))
         rows.append({
             "id": entry.entry_id,
             "queue_id": entry.message_id,
@@ -52,11 +51,57 @@ def mailbox_rows(store: Store, mailbox: str) -> list[Row]:
     return rows
 
 
+def head(content: BinaryIO | None, limit: int = 64 * 1024) -> bytes:
+    """The start of a message, enough for its header (a large one is never read whole)."""
+    if content is None:
+        return b""
+    with content:
+        return content.read(limit)
+
+
 def mailbox_table(rows: list[Row]) -> str:
     if not rows:
         return "(empty)"
     body = [[str(r["id"]), r["delivered"], r["from"], r["subject"], str(r["size"])] for r in rows]
     return table(body, ["ID", "DELIVERED", "FROM", "SUBJECT", "SIZE"])
+
+
+SCAN_BUDGET = 10_000  # entries one filtered mailq page examines at most
+
+
+def queue_page(
+    store: Store, states: Sequence[str], limit: int, after: QueueKey | None = None,
+    gateway: str | None = None, domain: str | None = None,
+) -> tuple[list[QueueEntry], QueueKey | None]:
+    """One mailq page: up to `limit` entries after `after` that pass the filters,
+    and the key to resume from (None when nothing follows). With a filter, a page
+    stops after examining SCAN_BUDGET entries and may then be short."""
+    chunk = limit + 1 if not (gateway or domain) else max(limit + 1, 1000)
+    shown: list[QueueEntry] = []
+    cursor, examined = after, 0
+    while examined < max(SCAN_BUDGET, 10 * limit):
+        entries = store.queue(states, chunk, cursor)
+        for entry in entries:
+            if len(shown) == limit:
+                return shown, cursor  # `entry` and maybe more follow
+            shown += select([entry], gateway, domain)
+            cursor, examined = entry.key, examined + 1
+        if len(entries) < chunk:
+            return shown, None
+    return shown, cursor
+
+
+def cursor_text(key: QueueKey) -> str:
+    """A page key as the user passes it to `mailq --after`: CREATED,QUEUE_ID,RCPT."""
+    created, message_id, rcpt_id = key
+    return f"{created!r},{message_id},{rcpt_id}"
+
+
+def parse_cursor(text: str) -> QueueKey:
+    """The inverse of cursor_text; ValueError when `text` is not one."""
+    created, rest = text.split(",", 1)
+    message_id, rcpt_id = rest.rsplit(",", 1)
+    return (float(created), message_id, int(rcpt_id))
 
 
 def select(entries: list[QueueEntry], gateway: str | None, domain: str | None) -> list[QueueEntry]:
@@ -81,16 +126,22 @@ def queue_rows(entries: list[QueueEntry]) -> list[Row]:
     ]
 
 
-def queue_table(rows: list[Row]) -> str:
+def queue_table(rows: list[Row], counts: dict[str, int], next_key: QueueKey | None) -> str:
+    """The page's rows, a line of counts per state over the whole store, and
+    how to ask for the next page when there is one."""
+    summary = "-- recipients: " + ", ".join(f"{s} {counts.get(s, 0)}" for s in STATES)
+    if next_key is not None:
+        summary += f"\n-- {len(rows)} shown; next page: mailq --after {cursor_text(next_key)}"
     if not rows:
-        return "Mail queue is empty"
+        queued = any(n for s, n in counts.items() if s not in ("delivered", "bounced"))
+        return ("No recipients to show" if queued else "Mail queue is empty") + f"\n{summary}"
     body = [
         [r["id"], r["state"], r["postoffice"], r["queue"], str(r["attempts"]),
          r["next_attempt"], r["recipient"], r["last_reply"][:40]]
         for r in rows
     ]
     header = ["QUEUE ID", "STATE", "WAITS IN", "QUEUE", "TRIES", "NEXT", "RECIPIENT", "LAST REPLY"]
-    return table(body, header) + f"\n-- {len(rows)} recipients queued"
+    return f"{table(body, header)}\n{summary}"
 
 
 def trace_table(hops: list[Hop]) -> str:

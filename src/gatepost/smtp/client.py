@@ -4,7 +4,10 @@ Each reply is paired, in order, with the command it answers (the first with the
 pseudo-command Greeting), so a pipelined batch is read back one Response at a
 time. After a 220 to STARTTLS the core forgets the extensions and any bytes
 that came with the 220 (RFC 3207): the shell upgrades the socket and says EHLO
-again. AUTH PLAIN and LOGIN (RFC 4954) are commands like any other. Message content is always sent with CRLF-only line ends and dot-stuffed.
+again. AUTH PLAIN and LOGIN (RFC 4954) are commands like any other. Message
+content is always sent with CRLF-only line ends and dot-stuffed; a large one
+goes as Content pieces (any split) then the Message that ends it, and comes
+out as the same bytes as when sent whole (`Stuffer` carries line state across).
 Must not know sockets, asyncio, the clock, the store, or what a reply code means
 for the queue (that is policy).
 """
@@ -21,6 +24,7 @@ from gatepost.smtp.events import (
     AuthResponse,
     ClientCommand,
     ConnectionClosed,
+    Content,
     Data,
     Ehlo,
     Greeting,
@@ -54,20 +58,34 @@ class ClientConnection:
         self._lines: list[str] = []
         self._eof = False
         self._closed = False
+        self._stuffer: Stuffer | None = None  # inside a message sent in pieces
+        self._before_tls = False  # STARTTLS accepted, the handshake not yet done
 
     def send(self, command: ClientCommand) -> bytes:
-        """The bytes to write for `command`; its reply will come back as a Response."""
+        """The bytes to write for `command`; its reply will come back as a Response.
+        Content pieces get no reply: the Message after them does."""
         if self._closed:
             raise LocalProtocolError("the connection is closed")
+        self._before_tls = False
+        if isinstance(command, Content):
+            self._stuffer = self._stuffer or Stuffer()
+            return self._stuffer.feed(command.data)
+        if self._stuffer is not None:
+            if not isinstance(command, Message):
+                raise LocalProtocolError("Content must end with a Message")
+            stuffer, self._stuffer = self._stuffer, None
+            self._awaiting.append(command)
+            return stuffer.feed(command.content) + stuffer.end()
         data = serialize(command, self.extensions)
         self._awaiting.append(command)
         return data
 
     def receive_data(self, data: bytes) -> None:
-        """Feed received bytes; b"" means the server closed its side."""
+        """Feed received bytes; b"" means the server closed its side. Between a
+        220 to STARTTLS and our next command, clear text is dropped unread."""
         if not data:
             self._eof = True
-        elif not self._eof:
+        elif not (self._eof or self._before_tls):
             self._in += data
 
     def next_event(self) -> Response | ConnectionClosed | NeedData:
@@ -121,6 +139,7 @@ class ClientConnection:
         self.extensions, self.max_size = {}, None
         self._in.clear()
         self._awaiting.clear()
+        self._before_tls = True
 
     @property
     def auth_mechanisms(self) -> set[str]:
@@ -143,6 +162,8 @@ def serialize(command: ClientCommand, extensions: dict[str, str]) -> bytes:
     """The wire form of `command`; MAIL parameters only where `extensions` allow."""
     if isinstance(command, Message):
         return stuff(command.content) + b".\r\n"
+    if isinstance(command, Content):
+        raise LocalProtocolError("Content is sent through ClientConnection.send")
     return (_command_line(command, extensions) + "\r\n").encode("utf-8")
 
 
@@ -198,3 +219,36 @@ def stuff(content: bytes) -> bytes:
         content += b"\r\n"
     content = content.replace(b"\r\n.", b"\r\n..")
     return b"." + content if content[:1] == b"." else content
+
+
+class Stuffer:
+    """`stuff` for content that comes in pieces split anywhere: `feed` each
+    piece, then `end`; the bytes are those of stuff(whole) + b".\\r\\n".
+    A CR at the end of a piece waits for the next one (it may start with LF)."""
+
+    def __init__(self) -> None:
+        self._cr = False  # a CR held back from the last piece
+        self._line_start = True  # what was sent so far ends a line (or is nothing)
+
+    def feed(self, data: bytes) -> bytes:
+        if self._cr:
+            data = b"\r" + data
+        self._cr = data.endswith(b"\r")
+        if self._cr:
+            data = data[:-1]
+        if not data:
+            return b""
+        line_ends = data.count(b"\r\n")
+        if data.count(b"\r") != line_ends or data.count(b"\n") != line_ends:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+        data = data.replace(b"\r\n.", b"\r\n..")
+        if self._line_start and data[:1] == b".":
+            data = b"." + data
+        self._line_start = data.endswith(b"\r\n")
+        return data
+
+    def end(self) -> bytes:
+        """The rest: a held CR as a line end, a final CRLF, the terminator."""
+        if self._cr:
+            return b"\r\n.\r\n"
+        return b".\r\n" if self._line_start else b"\r\n.\r\n"

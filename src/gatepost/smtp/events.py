@@ -87,9 +87,23 @@ class Data:
 
 
 @dataclass(frozen=True, slots=True)
+class Content:
+    """A piece of a large message's content, before the Message that ends it.
+
+    Server side: unstuffed whole lines, emitted as they arrive; not a decision.
+    The shell keeps the pieces until the Message; when the core refuses the
+    message instead, no Message follows and the shell drops them. Client side:
+    a piece to send (any split); the Message that follows ends the content."""
+
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """The message content of one DATA transaction: unstuffed, CRLF line ends,
-    without the terminating <CRLF>.<CRLF> (content ends with CRLF unless empty)."""
+    without the terminating <CRLF>.<CRLF> (content ends with CRLF unless empty).
+    After Content events, `content` is only the last piece: the message is
+    every Content's data followed by this."""
 
     content: bytes = field(repr=False)
 
@@ -142,7 +156,7 @@ class AuthResponse:
     line: str = field(repr=False)
 
 
-ClientCommand = Command | StartTls | Auth | AuthResponse
+ClientCommand = Command | Content | StartTls | Auth | AuthResponse
 """What the client core sends: the commands, STARTTLS and the AUTH exchange."""
 
 

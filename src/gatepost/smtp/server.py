@@ -9,6 +9,9 @@ or any policy about who may send mail to whom.
 
 Message data ends only at <CRLF>.<CRLF>; bare CR, bare LF or NUL anywhere in it is
 refused after that end (never normalised), closing the SMTP-smuggling hole.
+A message larger than `Limits.content_chunk` comes out as Content events (whole
+unstuffed lines, as they arrive) before its Message; the checks and the size
+limit still cover the whole message, and refuse it at its end.
 
 With `strict_sync`, bytes already buffered behind a command that must end a
 pipelined group (EHLO, HELO, DATA; RFC 2920 3.1) end the session with 554:
@@ -26,6 +29,7 @@ from typing import TypeVar
 from gatepost.smtp.events import (
     NEED_DATA,
     ConnectionClosed,
+    Content,
     Ehlo,
     LocalProtocolError,
     Mail,
@@ -49,6 +53,7 @@ class Limits:
     max_command_line: int = 512  # CRLF included
     max_path: int = 256  # <path>, brackets included, in UTF-8 bytes
     max_errors: int = 20  # refused commands before 421 and close
+    content_chunk: int = 256 * 1024  # buffered DATA bytes beyond which Content is emitted
 
 
 class State(Enum):
@@ -74,7 +79,7 @@ class Verb(Enum):
     STARTTLS = "STARTTLS"
 
 
-Event = Ehlo | Mail | Rcpt | Message | Rset | Noop | Quit | StartTls | ConnectionClosed
+Event = Ehlo | Mail | Rcpt | Content | Message | Rset | Noop | Quit | StartTls | ConnectionClosed
 _E = TypeVar("_E", Ehlo, Noop, Quit, Rset, StartTls)
 
 _R = Reply.of
@@ -168,6 +173,9 @@ class ServerConnection:
         self._smtputf8 = False
         self._scan_from = 0  # where to resume searching for the end of data
         self._oversize = False  # data beyond max_message_size is being drained
+        self._wire_seen = 0  # bytes of this message's data taken out of the buffer
+        self._line_start = True  # the buffer starts a line of message data
+        self._fault: Reply | None = None  # why the data taken so far is refused
         self._greeted = False  # the greeting was taken by data_to_send()
 
     # -- the shell's interface -------------------------------------------------
@@ -364,6 +372,9 @@ class ServerConnection:
         self.state = State.DATA
         self._scan_from = 0
         self._oversize = False
+        self._wire_seen = 0
+        self._line_start = True
+        self._fault = None
 
     def _say_or_refuse(self, verb: Verb, argument: str) -> None:
         if verb is Verb.HELP:
@@ -392,58 +403,102 @@ class ServerConnection:
 
     # -- message content ---------------------------------------------------------
 
-    def _read_content(self) -> Message | ConnectionClosed | NeedData | None:
-        """The receive buffer holds the content since the 354 (unless drained)."""
+    def _read_content(self) -> Message | Content | ConnectionClosed | NeedData | None:
+        """The receive buffer holds the content not yet taken as Content pieces
+        (or drained); it starts a line unless the data was drained."""
         buf = self._in
-        if not self._oversize and buf.startswith(_EMPTY_DATA):
-            end, consumed = 0, len(_EMPTY_DATA)  # the content starts a line: "." ends it
-        else:
-            found = buf.find(_END_OF_DATA, self._scan_from)
-            if found < 0:
-                return self._await_end()
-            end, consumed = found + 2, found + len(_END_OF_DATA)
-        if self._oversize:
-            wire = b""
-        else:
-            with memoryview(buf) as view:
-                wire = bytes(view[:end])
-        del buf[:consumed]
-        refusal = MESSAGE_TOO_BIG if self._oversize else self._check_content(wire)
+        if self._line_start and buf.startswith(_EMPTY_DATA):
+            return self._end_data(0, len(_EMPTY_DATA))  # "." alone on a line ends it
+        found = buf.find(_END_OF_DATA, self._scan_from)
+        if found >= 0:
+            return self._end_data(found + 2, found + len(_END_OF_DATA))
+        return self._await_end()
+
+    def _end_data(self, end: int, consumed: int) -> Message | None:
+        content = self._take(end, consumed)
+        refusal = self._refusal()
         if refusal is not None:
             self._end_transaction()
             self._out += refusal.to_bytes()
             return None
         self.state = State.READY
         self._pending = (Verb.DATA, State.READY)
-        return Message(_unstuff(wire))
+        return Message(content)
 
-    def _await_end(self) -> ConnectionClosed | NeedData:
+    def _await_end(self) -> Content | ConnectionClosed | NeedData | None:
         buf = self._in
         if self._eof:
             self.state = State.CLOSED
             buf.clear()
             return ConnectionClosed()
         keep_from = len(buf) - (len(_END_OF_DATA) - 1)  # a terminator may start here
-        too_big = keep_from + 2 > self.limits.max_message_size  # its CRLF is content
+        too_big = self._wire_seen + keep_from + 2 > self.limits.max_message_size
         if keep_from > 0 and (self._oversize or too_big):
-            self._oversize = True
-            del buf[:keep_from]
-            keep_from = 0
-        self._scan_from = max(keep_from, 0)
+            self._oversize = True  # its CRLF is content: too big whatever follows
+            self._drain(keep_from, check=False)
+        elif len(buf) >= self.limits.content_chunk:
+            line_end = buf.rfind(b"\r\n")
+            if line_end >= 0:
+                content = self._take(line_end + 2, line_end + 2)
+                return Content(content) if content else None
+            if keep_from > self.limits.max_line:  # no line end in sight: refused
+                self._drain(keep_from, check=True)
+        self._scan_from = max(len(buf) - (len(_END_OF_DATA) - 1), 0)
         return NEED_DATA
 
-    def _check_content(self, wire: bytes) -> Reply | None:
-        """`wire` is the content as sent (stuffed), ending with CRLF unless empty."""
-        if len(wire) > self.limits.max_message_size:
+    def _take(self, end: int, consumed: int) -> bytes:
+        """Take the content's wire bytes up to `end` (a line end) out of the
+        buffer; their unstuffed form, or b"" once the message is refused."""
+        buf = self._in
+        with memoryview(buf) as view:
+            wire = bytes(view[:end]) if not self._oversize else b""
+        del buf[:consumed]
+        self._wire_seen += end
+        self._scan_from = 0
+        if self._oversize:
+            return b""
+        self._note(_fault(wire, self.limits.max_line))
+        refused = self._fault is not None or self._wire_seen > self.limits.max_message_size
+        content = b"" if refused else _unstuff(wire, self._line_start)
+        self._line_start = True
+        return content
+
+    def _drain(self, keep_from: int, check: bool) -> None:
+        """Drop the buffer but its last bytes (where a terminator may start);
+        with `check`, note why the dropped bytes (no CRLF in them) are refused."""
+        if check:
+            with memoryview(self._in) as view:
+                dropped = bytes(view[:keep_from])
+            self._note(_fault(dropped, self.limits.max_line) or DATA_LINE_TOO_LONG)
+        del self._in[:keep_from]
+        self._wire_seen += keep_from
+        self._line_start = False
+
+    def _note(self, fault: Reply | None) -> None:
+        """Keep the fault that checking the whole message at once would report."""
+        if fault is not None and (self._fault is None or _RANK[fault] < _RANK[self._fault]):
+            self._fault = fault
+
+    def _refusal(self) -> Reply | None:
+        if self._oversize or self._wire_seen > self.limits.max_message_size:
             return MESSAGE_TOO_BIG  # first: a drained message cannot be checked further
-        line_ends = wire.count(b"\r\n")
-        if wire.count(b"\n") != line_ends or wire.count(b"\r") != line_ends:
-            return BARE_CR_LF_DATA
-        if b"\0" in wire:
-            return NUL_DATA
-        if _has_long_line(wire, self.limits.max_line):
-            return DATA_LINE_TOO_LONG
-        return None
+        return self._fault
+
+
+_RANK = {BARE_CR_LF_DATA: 0, NUL_DATA: 1, DATA_LINE_TOO_LONG: 2}
+
+
+def _fault(wire: bytes, max_line: int) -> Reply | None:
+    """What is wrong with `wire`, content as sent (stuffed) that ends with CRLF
+    or is followed by no CRLF that it splits; None when nothing is."""
+    line_ends = wire.count(b"\r\n")
+    if wire.count(b"\n") != line_ends or wire.count(b"\r") != line_ends:
+        return BARE_CR_LF_DATA
+    if b"\0" in wire:
+        return NUL_DATA
+    if _has_long_line(wire, max_line):
+        return DATA_LINE_TOO_LONG
+    return None
 
 
 def _has_long_line(data: bytes, limit: int) -> bool:
@@ -458,6 +513,6 @@ def _has_long_line(data: bytes, limit: int) -> bool:
     return False
 
 
-def _unstuff(wire: bytes) -> bytes:
+def _unstuff(wire: bytes, line_start: bool = True) -> bytes:
     content = wire.replace(b"\r\n.", b"\r\n")
-    return content[1:] if content[:1] == b"." else content
+    return content[1:] if line_start and content[:1] == b"." else content

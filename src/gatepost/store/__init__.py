@@ -23,10 +23,12 @@ from .base import (
     NewRecipient,
     Outcome,
     QueueEntry,
+    QueueKey,
     Released,
     Store,
     send_queue,
 )
+from .spool import SpoolWriter
 from .sqlite import SqliteStore, new_queue_id
 
 __all__ = [
@@ -44,7 +46,9 @@ __all__ = [
     "NewRecipient",
     "Outcome",
     "QueueEntry",
+    "QueueKey",
     "Released",
+    "SpoolWriter",
     "SqliteStore",
     "Store",
     "new_queue_id",

@@ -19,9 +19,10 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from pathlib import Path
+from typing import BinaryIO, TypeVar
 
-from .base import Hop, Job, MailboxEntry, NewMessage, Outcome, QueueEntry, Store
+from .base import Hop, Job, MailboxEntry, NewMessage, Outcome, QueueEntry, QueueKey, Store
 
 T = TypeVar("T")
 Waiting = tuple[NewMessage, "asyncio.Future[str]"]
@@ -117,8 +118,16 @@ class AsyncStore:
     async def content(self, message_id: str) -> bytes:
         return await self._call(lambda store: store.content(message_id))
 
-    async def queue(self, states: Sequence[str] = (), limit: int = 1000) -> list[QueueEntry]:
-        return await self._call(lambda store: store.queue(states, limit))
+    async def open_content(self, message_id: str) -> BinaryIO:
+        return await self._call(lambda store: store.open_content(message_id))
+
+    async def spool_path(self, queue_id: str) -> Path:
+        return await self._call(lambda store: store.spool_path(queue_id))
+
+    async def queue(
+        self, states: Sequence[str] = (), limit: int = 1000, after: QueueKey | None = None
+    ) -> list[QueueEntry]:
+        return await self._call(lambda store: store.queue(states, limit, after))
 
     async def mailbox(self, mailbox: str) -> list[MailboxEntry]:
         return await self._call(lambda store: store.mailbox(mailbox))

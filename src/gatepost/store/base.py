@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import BinaryIO, Protocol
 
 STATES = ("incoming", "active", "deferred", "hold", "delivered", "bounced")
 ROUTER = "router"
@@ -39,6 +40,8 @@ class NewMessage:
     origin: str  # postoffice whose gateway group carries its outbound mail
     received_by: str  # "gateway:GW1", "cli", "bounce"
     queue_id: str = ""  # given in advance (store.new_queue_id), or made by enqueue
+    content_file: Path | None = None  # large content: store.spool_path(queue_id), fsync'ed;
+    # then `content` is b"" and the file belongs to the store once enqueued
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,11 @@ class Released:
 
 Outcome = Moved | Delivered | Deferred | Bounced | Released
 
+# Where a queue listing resumes: (created, message_id, rcpt_id) of the last entry
+# seen. Keyset paging: a later page costs as little as the first, and entries that
+# change or leave the queue meanwhile never shift the pages after them.
+QueueKey = tuple[float, str, int]
+
 
 @dataclass(frozen=True, slots=True)
 class QueueEntry:
@@ -114,6 +122,11 @@ class QueueEntry:
     created: float
     size: int
     last_reply: str
+
+    @property
+    def key(self) -> QueueKey:
+        """Its place in the listing order; pass it as `after` for the next page."""
+        return (self.created, self.message_id, self.rcpt_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,8 +172,22 @@ class Store(Protocol):
 
     def content(self, message_id: str) -> bytes: ...
 
-    def queue(self, states: Sequence[str] = (), limit: int = 1000) -> list[QueueEntry]:
-        """Jobs not yet final (or in `states`), oldest first."""
+    def open_content(self, message_id: str) -> BinaryIO:
+        """The content to read in pieces (large content is never read whole)."""
+        ...
+
+    def spool_path(self, queue_id: str) -> Path:
+        """Where to write (with spool.SpoolWriter) the content of a large message
+        before it is enqueued as `queue_id` with content_file set. The file is
+        written once; moves change rows; delete and purge remove it."""
+        ...
+
+    def queue(
+        self, states: Sequence[str] = (), limit: int = 1000, after: QueueKey | None = None
+    ) -> list[QueueEntry]:
+        """Up to `limit` jobs not yet final (or in `states`), oldest first by
+        (created, message_id, rcpt_id), starting after the key `after` (one
+        page; pass the last entry's `key` for the next). Fast at any depth."""
         ...
 
     def mailbox(self, mailbox: str) -> list[MailboxEntry]:
@@ -168,6 +195,8 @@ class Store(Protocol):
         ...
 
     def mailbox_content(self, mailbox: str, entry_id: int) -> bytes | None: ...
+
+    def open_mailbox_content(self, mailbox: str, entry_id: int) -> BinaryIO | None: ...
 
     def hops(self, message_id: str) -> list[Hop]: ...
 

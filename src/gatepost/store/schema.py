@@ -6,7 +6,8 @@ migrate once. Must not know: how the tables are queried (that is
 `sqlite.py`), or anything about mail beyond column names.
 
 Tables:
-  messages  one row per message: envelope sender, content (written once), origin.
+  messages  one row per message: envelope sender, content (written once), origin;
+            large content lives in a spool file (`spool.py`) the row names.
   jobs      one row per (message, recipient): where it waits (`location`), who
             handles it next (`queue`), its state, retry times and lease.
             `next_attempt` is NULL while incoming, the retry time while deferred.
@@ -16,6 +17,11 @@ Tables:
             Kept without a foreign key so history survives a deleted message.
   workers   one row per running worker ("gateway:GW1"): its last heartbeat, so
             the router can tell a gateway that stopped from one that runs.
+
+Indexes on jobs: `jobs_claim` serves the claims and `due`/`pending` (a backlog
+of deferred jobs not yet due is never visited); `jobs_by_state` (version 2)
+serves the queue listing, one ordered range per state from any page's key, and
+`counts` (one pass over the index, no sort).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ _V1 = (
         location    TEXT NOT NULL,
         origin      TEXT NOT NULL,
         received_by TEXT NOT NULL,
+        content_file TEXT,  -- large content: a file of the spool folder; content is empty
         content     BLOB NOT NULL  -- last: reading the columns before it skips its overflow pages
     )""",
     """CREATE TABLE jobs (
@@ -81,17 +88,24 @@ _V1 = (
     )""",
 )
 
+# Queue listing and paging: per state, in (created, message_id, rcpt_id) order.
+_V2 = ("""CREATE INDEX jobs_by_state ON jobs (state, created, message_id, rcpt_id)""",)
+
 # MIGRATIONS[n] takes a file from user_version n to n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 VERSION = len(MIGRATIONS)
 
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to VERSION; returns the version found before.
-    `conn` must be in autocommit mode (isolation_level=None)."""
+    `conn` must be in autocommit mode (isolation_level=None). A file already
+    at VERSION is only read: opening a store takes no write lock."""
+    found = _version(conn)
+    if found == VERSION:
+        return found
     conn.execute("BEGIN IMMEDIATE")
     try:
-        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        found = _version(conn)
         if found > VERSION:
             raise RuntimeError(f"store schema version {found} is newer than this code ({VERSION})")
         for statements in MIGRATIONS[found:]:
@@ -103,3 +117,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         conn.execute("ROLLBACK")
         raise
     return found
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])

@@ -9,6 +9,9 @@ moves, outcomes, admin actions) commit with synchronous=NORMAL: they survive
 a process crash (the OS has the pages) and, after a power loss, at worst
 roll back to an earlier state that is then redone: a move or delivery made
 again, never a message lost. All DML lives here; the schema lives in `schema.py`.
+Large content is a spool file (`spool.py`) that the message row names: the
+file is fsync'ed by its writer and its folder here before the enqueue commits,
+and removed after the commit that drops the row.
 Must not know: topology, SMTP, retry policy, the clock (callers pass `now`).
 
 Claim fairness: a claim first takes jobs whose lease expired (they were
@@ -21,6 +24,7 @@ jobs are returned oldest first by (created, message_id, rcpt_id).
 
 from __future__ import annotations
 
+import io
 import random
 import sqlite3
 import threading
@@ -28,9 +32,9 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from . import schema
+from . import schema, spool
 from .base import (
     ROUTER,
     STATES,
@@ -68,8 +72,8 @@ _LEASE = """UPDATE jobs SET state = 'active', lease_owner = ?, lease_until = ?, 
     WHERE message_id = ? AND rcpt_id = ?"""
 
 _INSERT_MESSAGE = """INSERT INTO messages
-    (id, sender, size, created, location, origin, received_by, content)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)"""
+    (id, sender, size, created, location, origin, received_by, content_file, content)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 _INSERT_JOB = f"""INSERT INTO jobs
     (message_id, rcpt_id, address, mailbox, location, queue, state, created, updated)
     VALUES (?, ?, ?, ?, ?, '{ROUTER}', 'incoming', ?, ?)"""
@@ -109,7 +113,9 @@ _ADMIN = {
 _ADMIN_RETURNING = " RETURNING rcpt_id, address, location"
 _DROP_UNUSED_MESSAGE = """DELETE FROM messages WHERE id = ?
     AND NOT EXISTS (SELECT 1 FROM jobs WHERE message_id = messages.id)
-    AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_id = messages.id)"""
+    AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_id = messages.id)
+    RETURNING content_file"""
+_SPOOLED = "SELECT content_file FROM messages WHERE content_file IS NOT NULL"
 
 # One page of the listing: for each wanted state, one ordered range of the
 # jobs_by_state index after the key (?, ?, ?), cut at LIMIT; then the few rows
@@ -124,9 +130,10 @@ _QUEUE_START: QueueKey = (float("-inf"), "", -1)  # before every job
 _MAILBOX = """SELECT b.entry_id, b.message_id, m.sender, b.delivered, m.size
     FROM mailbox b JOIN messages m ON m.id = b.message_id
     WHERE b.mailbox = ? ORDER BY b.entry_id"""
-_MAILBOX_CONTENT = """SELECT m.content FROM mailbox b JOIN messages m ON m.id = b.message_id
-    WHERE b.mailbox = ? AND b.entry_id = ?"""
-_CONTENT = "SELECT content FROM messages WHERE id = ?"
+_MAILBOX_CONTENT = """SELECT m.content_file, m.content FROM mailbox b
+    JOIN messages m ON m.id = b.message_id WHERE b.mailbox = ? AND b.entry_id = ?"""
+_CONTENT = "SELECT content_file, content FROM messages WHERE id = ?"
+ORPHAN_GRACE = 3600.0  # seconds a spool file without a row may still await its commit
 _HOPS = """SELECT message_id, rcpt_id, address, at, event, postoffice, detail
     FROM hops WHERE message_id = ? ORDER BY id"""  # ids follow commit order
 _HEARTBEAT = """INSERT INTO workers (name, owner, seen) VALUES (?, ?, ?)
@@ -209,6 +216,7 @@ class SqliteStore:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.spool = spool.folder_of(self.path)
         self._conn = connect(self.path)
         schema.migrate(self._conn)
 
@@ -235,8 +243,21 @@ class SqliteStore:
     def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[str]:
         if not messages:
             return []
+        if any(msg.content_file is not None for msg in messages):
+            self._check_spooled(messages)
+            spool.sync_folder(self.spool)
         with self._write(durable=True) as conn:
             return _insert_messages(conn, messages, now)
+
+    def _check_spooled(self, messages: Sequence[NewMessage]) -> None:
+        for msg in messages:
+            if msg.content_file is not None and msg.content_file != self.spool_path(msg.queue_id):
+                raise ValueError(f"{msg.content_file} is not the spool file of {msg.queue_id!r}")
+
+    def spool_path(self, queue_id: str) -> Path:
+        if not queue_id or not queue_id.isalnum():
+            raise ValueError(f"not a queue id: {queue_id!r}")
+        return self.spool / queue_id
 
     def claim(self, queue: str, owner: str, limit: int, lease: float, now: float) -> list[Job]:
         if limit <= 0:
@@ -267,7 +288,7 @@ class SqliteStore:
         if state not in _ADMIN:
             raise ValueError(f"unknown state action {state!r}; expected one of {sorted(_ADMIN)}")
         sql = _ADMIN[state] + _ADMIN_RETURNING
-        changed = 0
+        changed, files = 0, []
         with self._write() as conn:
             for message_id in dict.fromkeys(message_ids):
                 rows = conn.execute(sql, _admin_params(state, message_id, now)).fetchall()
@@ -275,7 +296,8 @@ class SqliteStore:
                 conn.executemany(_INSERT_HOP, hops)
                 changed += len(rows)
                 if state == "delete":
-                    conn.execute(_DROP_UNUSED_MESSAGE, (message_id,))
+                    files += _drop_unused(conn, [message_id])
+        spool.remove(self.spool, files)
         return changed
 
     def owners(self, queue: str) -> set[str]:
@@ -309,17 +331,35 @@ class SqliteStore:
     def purge(self, before: float) -> int:
         with self._write() as conn:
             removed = [row[0] for row in conn.execute(_PURGE_JOBS, (before,)).fetchall()]
-            unique = dict.fromkeys(removed)
-            conn.executemany(_DROP_UNUSED_MESSAGE, [(message_id,) for message_id in unique])
+            files = _drop_unused(conn, list(dict.fromkeys(removed)))
+        spool.remove(self.spool, files)
+        self._remove_orphans(before - ORPHAN_GRACE)
         return len(removed)
+
+    def _remove_orphans(self, older_than: float) -> None:
+        """Spool files no message names: a crash came between writing one and
+        committing its message (it was never acknowledged nor delivered)."""
+        known = {row[0] for row in self._conn.execute(_SPOOLED).fetchall()}
+        for path in spool.orphans(self.spool, known, older_than):
+            path.unlink(missing_ok=True)
 
     # -- reads --------------------------------------------------------------
 
     def content(self, message_id: str) -> bytes:
+        with self.open_content(message_id) as file:
+            return file.read()
+
+    def open_content(self, message_id: str) -> BinaryIO:
         row = self._conn.execute(_CONTENT, (message_id,)).fetchone()
         if row is None:
             raise KeyError(message_id)
-        return bytes(row[0])
+        return self._opened(row)
+
+    def _opened(self, row: Row) -> BinaryIO:
+        """A (content_file, content) row's content, to read."""
+        if row[0] is None:
+            return io.BytesIO(row[1])
+        return (self.spool / str(row[0])).open("rb")
 
     def queue(
         self, states: Sequence[str] = (), limit: int = 1000, after: QueueKey | None = None
@@ -341,8 +381,15 @@ class SqliteStore:
         return [MailboxEntry(*row) for row in rows]
 
     def mailbox_content(self, mailbox: str, entry_id: int) -> bytes | None:
+        file = self.open_mailbox_content(mailbox, entry_id)
+        if file is None:
+            return None
+        with file:
+            return file.read()
+
+    def open_mailbox_content(self, mailbox: str, entry_id: int) -> BinaryIO | None:
         row = self._conn.execute(_MAILBOX_CONTENT, (mailbox, entry_id)).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else self._opened(row)
 
     def hops(self, message_id: str) -> list[Hop]:
         rows = self._conn.execute(_HOPS, (message_id,)).fetchall()
@@ -392,17 +439,12 @@ def _insert_messages(
     for message_id, msg in zip(ids, messages):
         if not msg.recipients:
             raise ValueError("a message needs at least one recipient")
+        file, size = None, len(msg.content)
+        if msg.content_file is not None:
+            file, size = msg.content_file.name, msg.content_file.stat().st_size
         message_rows.append(
-            (
-                message_id,
-                msg.sender,
-                len(msg.content),
-                now,
-                msg.location,
-                msg.origin,
-                msg.received_by,
-                msg.content,
-            )
+            (message_id, msg.sender, size, now, msg.location, msg.origin, msg.received_by,
+             file, msg.content)
         )
         for rcpt_id, rcpt in enumerate(msg.recipients):
             job_rows.append(
@@ -415,6 +457,14 @@ def _insert_messages(
     conn.executemany(_INSERT_JOB, job_rows)
     conn.executemany(_INSERT_HOP, hop_rows)
     return ids
+
+
+def _drop_unused(conn: sqlite3.Connection, message_ids: list[str]) -> list[str]:
+    """Delete the messages nothing refers to; the spool files to remove once committed."""
+    files = []
+    for message_id in message_ids:
+        files += [row[0] for row in conn.execute(_DROP_UNUSED_MESSAGE, (message_id,)) if row[0]]
+    return files
 
 
 def _apply(conn: sqlite3.Connection, outcome: Outcome, now: float) -> Row | None:
