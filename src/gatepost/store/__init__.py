@@ -28,8 +28,9 @@ from .base import (
     Store,
     send_queue,
 )
+from .ids import new_queue_id
 from .spool import SpoolWriter
-from .sqlite import SqliteStore, new_queue_id
+from .sqlite import SqliteStore
 
 __all__ = [
     "ROUTER",
