@@ -14,13 +14,9 @@ from gatepost.smtp.events import (
     Reply,
     StartTls,
 )
-from gatepost.smtp.server import (
-    OUT_OF_SYNC,
-    TALKED_FIRST,
-    TIMED_OUT,
-    ServerConnection,
-    State,
-)
+from gatepost.smtp.replies import OUT_OF_SYNC, TALKED_FIRST, TIMED_OUT
+from gatepost.smtp.server import ServerConnection
+from gatepost.smtp.table import State
 
 EHLO = b"EHLO client.test\r\n"
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gatepost.smtp.events import NEED_DATA, ConnectionClosed, Content, Mail, Message, Rcpt, Reply
-from gatepost.smtp.server import ServerConnection, State
+from gatepost.smtp.server import ServerConnection
+from gatepost.smtp.table import State
 
 log = logging.getLogger("gatepost.capture")
 

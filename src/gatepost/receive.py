@@ -34,14 +34,9 @@ from gatepost.smtp.events import (
     Reply,
     StartTls,
 )
-from gatepost.smtp.server import (
-    TALKED_FIRST,
-    TIMED_OUT,
-    TOO_MANY_CONNECTIONS,
-    Limits,
-    ServerConnection,
-    State,
-)
+from gatepost.smtp.replies import TALKED_FIRST, TIMED_OUT, TOO_MANY_CONNECTIONS
+from gatepost.smtp.server import Limits, ServerConnection
+from gatepost.smtp.table import State
 from gatepost.store import AsyncStore, NewMessage, NewRecipient, new_queue_id
 from gatepost.topology import AddressError, Gateway, Topology, UnknownMailbox, lookup
 from gatepost.topology.model import Limits as TopologyLimits

@@ -2,7 +2,7 @@
 ENHANCEDSTATUSCODES, SMTPUTF8 and (when the shell can do TLS) STARTTLS.
 
 Turns received bytes into events and the shell's replies into bytes. The order of
-commands is the one table _TABLE (state x verb -> state on success, or refusal).
+commands is the one table TABLE (state x verb -> state on success, or refusal).
 The core answers everything that needs no decision; Mail, Rcpt and Message wait
 for the shell's send(Reply). Must not know sockets, asyncio, the clock, the store
 or any policy about who may send mail to whom.
@@ -23,7 +23,6 @@ and returns to the state before EHLO (RFC 3207 4.2).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import TypeVar
 
 from gatepost.smtp.events import (
@@ -42,7 +41,31 @@ from gatepost.smtp.events import (
     Rset,
     StartTls,
 )
-from gatepost.smtp.parse import TOO_BIG, parse_mail, parse_rcpt
+from gatepost.smtp.parse import parse_mail, parse_rcpt
+from gatepost.smtp.replies import (
+    BAD_CHARACTER,
+    BARE_CR_LF_DATA,
+    BARE_LF_COMMAND,
+    BYE,
+    COMMAND_TOO_LONG,
+    DATA_LINE_TOO_LONG,
+    HELP_REPLY,
+    MESSAGE_TOO_BIG,
+    NO_TLS,
+    NUL_DATA,
+    OK,
+    OUT_OF_SYNC,
+    READY_FOR_TLS,
+    START_DATA,
+    SYNTAX_EHLO,
+    SYNTAX_HELO,
+    SYNTAX_VRFY,
+    TLS_ACTIVE,
+    TOO_MANY_RECIPIENTS,
+    UNRECOGNIZED,
+    VRFY_REPLY,
+)
+from gatepost.smtp.table import MUST_END_GROUP, NO_ARGUMENT, TABLE, VERBS, State, Verb
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,92 +79,10 @@ class Limits:
     content_chunk: int = 256 * 1024  # buffered DATA bytes beyond which Content is emitted
 
 
-class State(Enum):
-    START = "start"  # greeting sent, no EHLO/HELO yet
-    READY = "ready"  # after EHLO/HELO, no mail transaction
-    MAIL = "mail"  # MAIL accepted, no recipient accepted yet
-    RCPT = "rcpt"  # at least one recipient accepted
-    DATA = "data"  # reading message content after 354
-    CLOSED = "closed"  # after QUIT, 421 or EOF
-
-
-class Verb(Enum):
-    EHLO = "EHLO"
-    HELO = "HELO"
-    MAIL = "MAIL"
-    RCPT = "RCPT"
-    DATA = "DATA"
-    RSET = "RSET"
-    NOOP = "NOOP"
-    QUIT = "QUIT"
-    VRFY = "VRFY"
-    HELP = "HELP"
-    STARTTLS = "STARTTLS"
-
-
 Event = Ehlo | Mail | Rcpt | Content | Message | Rset | Noop | Quit | StartTls | ConnectionClosed
 _E = TypeVar("_E", Ehlo, Noop, Quit, Rset, StartTls)
 
 _R = Reply.of
-OK = _R(250, "2.0.0 Ok")
-BYE = _R(221, "2.0.0 Bye")
-START_DATA = _R(354, "End data with <CR><LF>.<CR><LF>")
-VRFY_REPLY = _R(252, "2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
-HELP_REPLY = _R(214, "2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT")
-NEED_HELO = _R(503, "5.5.1 Error: send HELO/EHLO first")
-NEED_MAIL = _R(503, "5.5.1 Error: need MAIL command")
-NEED_RCPT = _R(503, "5.5.1 Error: need RCPT command")
-NESTED_MAIL = _R(503, "5.5.1 Error: nested MAIL command")
-NO_RECIPIENTS = _R(554, "5.5.1 Error: no valid recipients")
-TOO_MANY_RECIPIENTS = _R(452, "4.5.3 Error: too many recipients")
-UNRECOGNIZED = _R(500, "5.5.2 Error: command not recognized")
-COMMAND_TOO_LONG = _R(500, "5.5.0 Error: line too long")
-BARE_LF_COMMAND = _R(500, "5.5.2 Error: bare LF in command")
-BAD_CHARACTER = _R(500, "5.5.2 Error: bad character in command")
-SYNTAX_EHLO = _R(501, "5.5.4 Syntax: EHLO hostname")
-SYNTAX_HELO = _R(501, "5.5.4 Syntax: HELO hostname")
-SYNTAX_VRFY = _R(501, "5.5.4 Syntax: VRFY address")
-BARE_CR_LF_DATA = _R(550, "5.6.11 Error: bare CR or LF in message data")
-NUL_DATA = _R(550, "5.6.0 Error: NUL character in message data")
-DATA_LINE_TOO_LONG = _R(552, "5.3.4 Error: line too long")
-MESSAGE_TOO_BIG = TOO_BIG  # "552 5.3.4 Message size exceeds fixed limit"
-READY_FOR_TLS = _R(220, "2.0.0 Ready to start TLS")
-NO_TLS = _R(502, "5.5.1 Error: command not implemented")
-TLS_ACTIVE = _R(554, "5.5.1 Error: TLS already active")
-SYNTAX_STARTTLS = _R(501, "5.5.4 Syntax: STARTTLS")
-IN_TRANSACTION = _R(503, "5.5.1 Error: MAIL transaction in progress")
-OUT_OF_SYNC = _R(554, "5.5.0 Error: SMTP protocol synchronization")
-TALKED_FIRST = _R(554, "5.5.1 Error: talking before the greeting")
-TIMED_OUT = _R(421, "4.4.2 Error: timeout exceeded")
-TOO_MANY_CONNECTIONS = _R(421, "4.7.0 Too many connections")
-
-_S, _V = State, Verb
-
-
-def _anytime(state: State) -> dict[Verb, State | Reply]:
-    """Commands allowed in every open state, and the state they lead to."""
-    after_rset = _S.START if state is _S.START else _S.READY
-    same = {_V.NOOP: state, _V.VRFY: state, _V.HELP: state}
-    return {_V.EHLO: _S.READY, _V.HELO: _S.READY, _V.RSET: after_rset, _V.QUIT: _S.CLOSED, **same}
-
-
-_TABLE: dict[State, dict[Verb, State | Reply]] = {
-    _S.START: {**_anytime(_S.START), _V.MAIL: NEED_HELO, _V.RCPT: NEED_MAIL, _V.DATA: NEED_RCPT,
-               _V.STARTTLS: NEED_HELO},
-    _S.READY: {**_anytime(_S.READY), _V.MAIL: _S.MAIL, _V.RCPT: NEED_MAIL, _V.DATA: NEED_RCPT,
-               _V.STARTTLS: _S.START},
-    _S.MAIL: {**_anytime(_S.MAIL), _V.MAIL: NESTED_MAIL, _V.RCPT: _S.RCPT, _V.DATA: NO_RECIPIENTS,
-              _V.STARTTLS: IN_TRANSACTION},
-    _S.RCPT: {**_anytime(_S.RCPT), _V.MAIL: NESTED_MAIL, _V.RCPT: _S.RCPT, _V.DATA: _S.DATA,
-              _V.STARTTLS: IN_TRANSACTION},
-}
-"""state x verb -> the state once the command succeeds, or the reply refusing it.
-For MAIL and RCPT "succeeds" means the shell answered 2xx; a Message always
-leads back to READY."""
-
-_VERBS = {verb.value: verb for verb in Verb}
-_MUST_END_GROUP = frozenset({_V.EHLO, _V.HELO, _V.DATA})
-_NO_ARGUMENT = {_V.DATA: "DATA", _V.RSET: "RSET", _V.QUIT: "QUIT", _V.STARTTLS: "STARTTLS"}
 _END_OF_DATA = b"\r\n.\r\n"
 _EMPTY_DATA = b".\r\n"
 
@@ -276,20 +217,20 @@ class ServerConnection:
             self._refuse(BAD_CHARACTER)
             return None
         name, _, argument = text.partition(" ")
-        verb = _VERBS.get(name.upper())
+        verb = VERBS.get(name.upper())
         if verb is None:
             self._refuse(UNRECOGNIZED)
             return None
-        if self.strict_sync and verb in _MUST_END_GROUP and self._in:
+        if self.strict_sync and verb in MUST_END_GROUP and self._in:
             self.close_with(OUT_OF_SYNC)
             return None
-        step = _TABLE[self.state][verb]
+        step = TABLE[self.state][verb]
         if isinstance(step, Reply):
             self._refuse(step)
             return None
         argument = argument.strip(" ")
-        if argument and verb in _NO_ARGUMENT:
-            self._refuse(_R(501, f"5.5.4 Syntax: {_NO_ARGUMENT[verb]}"))
+        if argument and verb in NO_ARGUMENT:
+            self._refuse(_R(501, f"5.5.4 Syntax: {NO_ARGUMENT[verb]}"))
             return None
         return self._perform(verb, argument, step)
 
