@@ -123,7 +123,7 @@ class Router:
             if isinstance(o, Bounced):
                 status = policy.status_of(int(o.reply[:3]), o.reply[4:])
                 failure = policy.Failure(o.job.address, status, f"x-gatepost; {o.reply}")
-                original = await self.store.content(o.job.message_id)
+                original = await self.store.content_head(o.job.message_id)
                 dsn = notify.report(self.topo, o.job, [failure], original, now)
                 reports += [dsn] if dsn else []
         return reports

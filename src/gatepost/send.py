@@ -329,7 +329,7 @@ class SendSide:
         reports = []
         for group in by_message_outcomes(items):
             failures = [failure(o, action, self.delivery) for o in group]
-            original = await self.store.content(group[0].job.message_id)
+            original = await self.store.content_head(group[0].job.message_id)
             dsn = notify.report(self.topo, group[0].job, failures, original, now)
             reports += [dsn] if dsn else []
         return reports

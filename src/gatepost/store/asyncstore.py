@@ -118,6 +118,15 @@ class AsyncStore:
     async def content(self, message_id: str) -> bytes:
         return await self._call(lambda store: store.content(message_id))
 
+    async def content_head(self, message_id: str, limit: int = 65536) -> bytes:
+        """The first `limit` bytes of a message (its headers, for a report)."""
+
+        def head(store: Store) -> bytes:
+            with store.open_content(message_id) as file:
+                return file.read(limit)
+
+        return await self._call(head)
+
     async def open_content(self, message_id: str) -> BinaryIO:
         return await self._call(lambda store: store.open_content(message_id))
 
