@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench import large
 from bench.common import short
 
 KINDS = ("relay", "inbound")
@@ -28,7 +29,10 @@ def _system_summary(runs: dict[str, Any]) -> dict[str, Any]:
                      "median_accept_rate": _median([len_ok(r) for r in ok]),
                      "failed": len(runs[kind]) - len(ok)}
     lat = runs.get("latency", {})
-    out["latency"] = {k: lat.get(k) for k in ("rate", "p50_ms", "p99_ms", "max_ms", "late")}
+    fields = ("rate", "p50_ms", "p99_ms", "max_ms", "late")
+    out["latency"] = {k: lat.get(k) for k in fields}
+    same = runs.get("latency_same_rate", {})
+    out["latency_same_rate"] = {k: same.get(k) for k in fields}
     rss = [p for r in runs["relay"] + runs["inbound"] + [lat] for p in r.get("rss", [])]
     out["peak_rss_mib"] = round(max((p["vm_hwm_kib"] for p in rss), default=0) / 1024, 1)
     return out
@@ -69,7 +73,21 @@ def summary_table(summary: dict[str, Any]) -> str:
     if ratio:
         rows.append(f"| gatepost/postfix | {_fmt(ratio['relay'], 3)} "
                     f"| {_fmt(ratio['inbound'], 3)} | | | | | | |")
-    return "\n".join(rows)
+    return "\n".join(rows) + same_rate_table(summary)
+
+
+def same_rate_table(summary: dict[str, Any]) -> str:
+    """Both systems' acceptance latency offered the same rate (half of the slower one's)."""
+    rows = [(name, s["latency_same_rate"]) for name, s in summary.items()
+            if name != "ratio" and s.get("latency_same_rate", {}).get("rate")]
+    if not rows:
+        return ""
+    lines = ["", "", "Acceptance latency with both systems at the same rate:", "",
+             "| | at msg/s | p50 ms | p99 ms | max ms | sent late |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {_fmt(lat['rate'])} | {_fmt(lat['p50_ms'], 2)} "
+              f"| {_fmt(lat['p99_ms'], 2)} | {_fmt(lat['max_ms'], 1)} | {_fmt(lat['late'])} |"
+              for name, lat in rows]
+    return "\n".join(lines)
 
 
 def _errors(runs: dict[str, Any]) -> list[str]:
@@ -116,6 +134,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{n} {k} {s[k]['rates']}" + (f" ({s[k]['failed']} failed)" if s[k]["failed"] else "")
             for n, s in summary.items() if n != "ratio" for k in KINDS),
         "", "![delivered over time](latest.png)", "",
+        *large.markdown(results["runs"].get("gatepost", {}).get("large", {"error": "not run"})),
         "## Errors", *(_errors(results["runs"]) or ["none"]), "",
         "## gatepost peak RSS (VmHWM) per process", *_rss_lines(results["runs"]), "",
         "## Machine and versions",

@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from bench import largequeue, report
 from bench.common import BenchError, short
+from bench.large import measure as large_measure
 from bench.runs import Factory, latency, throughput
 from bench.setup import describe, factories
 
@@ -63,6 +64,12 @@ def attempt(label: str, job: Any, *params: Any) -> dict[str, Any]:
     return result
 
 
+def large_message() -> dict[str, Any]:
+    result = large_measure()
+    result["rate"] = 1 / result["delivered_seconds"]  # for attempt()'s progress line
+    return result
+
+
 def rounds(args: argparse.Namespace, systems: dict[str, Factory]) -> dict[str, Any]:
     runs: dict[str, Any] = {name: {"relay": [], "inbound": []} for name in systems}
     for index in range(args.rounds):
@@ -73,12 +80,18 @@ def rounds(args: argparse.Namespace, systems: dict[str, Factory]) -> dict[str, A
             runs[name]["inbound"].append(
                 attempt(f"{name} inbound", throughput, factory, "inbound", args.inbound,
                         args.timeout))
+    halves = {name: statistics.median(rates) / 2 for name in systems
+              if (rates := [r["rate"] for r in runs[name]["relay"] if "rate" in r])}
     for name, factory in systems.items():
-        rates = [r["rate"] for r in runs[name]["relay"] if "rate" in r]
-        if rates:
-            target = statistics.median(rates) / 2
-            runs[name]["latency"] = attempt(f"{name} latency at {target:.0f}/s", latency,
-                                            factory, target, args.latency_seconds)
+        if name in halves:
+            runs[name]["latency"] = attempt(f"{name} latency at {halves[name]:.0f}/s", latency,
+                                            factory, halves[name], args.latency_seconds)
+    if len(halves) > 1:  # and all at one rate: half of the slowest system's maximum
+        common = min(halves.values())
+        for name, factory in systems.items():
+            runs[name]["latency_same_rate"] = attempt(
+                f"{name} latency at {common:.0f}/s", latency, factory, common,
+                args.latency_seconds)
     return runs
 
 
@@ -89,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     roles = [r for r in args.gatepost_roles.split(";") if r]
     systems = {k: v for k, v in factories(roles).items() if k in args.systems.split(",")}
     runs = rounds(args, systems)
+    if "gatepost" in systems and not args.quick:
+        runs["gatepost"]["large"] = attempt("gatepost 50 MB message", large_message)
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "config": vars(args) | {
         "out": str(args.out)}, "setup": describe(args, roles), "runs": runs}
     results["summary"] = report.summarize(runs)

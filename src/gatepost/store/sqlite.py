@@ -175,6 +175,26 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def begin(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, waiting for another process's write transaction in steps
+    of 0.1 to 2 ms: SQLite's own busy handler sleeps 1, 2, 5, 10 ms..., which
+    costs every collision milliseconds of acceptance latency."""
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline, pause = time.monotonic() + BUSY_TIMEOUT, 0.0001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+
+
 class SqliteStore:
     """The Store on one SQLite file. Use one instance per thread at a time."""
 
@@ -190,7 +210,7 @@ class SqliteStore:
         conn = self._conn
         if durable:
             conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("BEGIN IMMEDIATE")
+        begin(conn)
         try:
             yield conn
             conn.execute("COMMIT")
