@@ -125,7 +125,7 @@ def test_a_failed_commit_raises_in_every_waiting_caller(tmp_path: Path) -> None:
     async def main() -> tuple[list[object], str]:
         store = AsyncStore(harness.factory)
         await store.counts()  # create the store so its failure can be armed
-        harness.store.failures = 1
+        harness.store.failures = 11  # the batch, then each message alone
         results = await asyncio.gather(
             *(store.enqueue(message(b"lost")) for _ in range(10)), return_exceptions=True
         )
@@ -139,6 +139,25 @@ def test_a_failed_commit_raises_in_every_waiting_caller(tmp_path: Path) -> None:
     assert len(results) == 10
     assert all(isinstance(r, OSError) for r in results)
     assert isinstance(after, str)
+
+
+def test_a_batch_that_fails_once_is_committed_one_by_one(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+
+    async def main() -> list[object]:
+        store = AsyncStore(harness.factory)
+        await store.counts()
+        harness.store.failures = 1  # only the batch's commit fails
+        results = await asyncio.gather(
+            *(store.enqueue(message(b"kept")) for _ in range(10)), return_exceptions=True
+        )
+        assert (await store.counts())["incoming"] == 10
+        await store.aclose()
+        return results
+
+    results = asyncio.run(main())
+    assert all(isinstance(r, str) for r in results)
+    assert harness.store.batches[0] == 10 and set(harness.store.batches[1:]) == {1}
 
 
 def test_recipientless_message_fails_alone(tmp_path: Path) -> None:

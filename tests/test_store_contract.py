@@ -504,7 +504,8 @@ def test_requeue_hands_a_stopped_gateways_mail_back_to_the_router(store: Store) 
     for job in store.claim(ROUTER, "r", 10, LEASE, now=101.0):
         store.complete([Moved(job, "HQ", SEND)], now=102.0)
     assert {j.message_id for j in store.claim(SEND, "gw1", 1, LEASE, now=103.0)} == {waiting}
-    assert store.requeue(SEND, ["SALES"], now=104.0) == 2  # the active one too
+    assert store.requeue(SEND, ["SALES"], now=104.0) == 1  # not what a live owner holds
+    assert store.requeue(SEND, ["SALES"], now=104.0, dead=["gw1"]) == 1  # a dead one's, yes
     assert store.due(ROUTER, now=104.0) and store.due(SEND, now=104.0)
     back = {j.message_id for j in store.claim(ROUTER, "r", 10, LEASE, now=105.0)}
     assert back == {waiting, in_flight}
@@ -521,6 +522,16 @@ def test_release_owner_gives_back_only_that_owners_leases(store: Store) -> None:
     again = store.claim(ROUTER, "new", 10, LEASE, now=103.0)
     assert [j.message_id for j in again] == [first[0].message_id]
     assert store.owners(ROUTER) == {"alive", "new"} and second
+
+
+def test_renew_extends_only_the_owners_leases(store: Store) -> None:
+    store.enqueue([message()], now=100.0)
+    job = claim_one(store, now=101.0, owner="w1")
+    assert store.renew([job], until=101.0 + 3 * LEASE) == 1
+    assert store.claim(ROUTER, "w2", 10, LEASE, now=101.0 + 2 * LEASE) == []  # still held
+    stale = store.claim(ROUTER, "w2", 10, LEASE, now=102.0 + 3 * LEASE)
+    assert [j.owner for j in stale] == ["w2"]
+    assert store.renew([job], until=10_000.0) == 0  # w1 lost it
 
 
 def test_due_sees_incoming_due_retries_and_expired_leases_only(store: Store) -> None:

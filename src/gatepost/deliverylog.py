@@ -26,8 +26,7 @@ def record(o: Outcome, now: float) -> dict[str, object] | None:
     if status is None or not isinstance(o, Delivered | Deferred | Bounced):
         return None
     job = o.job
-    code, _, text = o.reply.partition(" ")
-    dsn = policy.status_of(int(code), text) if code.isdigit() else ""
+    dsn = policy.reply_status(o.reply)
     return {
         "queue_id": job.message_id,
         "to": job.address,

@@ -46,6 +46,9 @@ CONTENT_PIECE = 256 * 1024  # bytes read from a content file per write
 Payload = bytes | BinaryIO  # a message's content: whole, or a file to stream
 
 
+NEEDS_SMTPUTF8 = Reply.of(553, "5.6.7 non-ASCII address, and the server does not offer SMTPUTF8")
+
+
 class SessionError(Exception):
     """The session cannot go on; `reply` is what to record for the recipients."""
 
@@ -180,6 +183,8 @@ class Outbound:
         else:
             size, eight_bit = await asyncio.to_thread(measure, content)
         utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
+        if utf8 and "SMTPUTF8" not in self.conn.extensions:  # RFC 6531 3.4: must not send
+            return [NEEDS_SMTPUTF8] * len(recipients)
         mail = Mail(sender, size, "8BITMIME" if eight_bit else None, utf8)
         if "PIPELINING" in self.conn.extensions:
             return await self.pipelined(mail, recipients, content)

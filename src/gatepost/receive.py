@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gatepost import policy
+from gatepost import notify, policy
 from gatepost.smtp.events import (
     NEED_DATA,
     ConnectionClosed,
@@ -47,6 +47,7 @@ from .spooling import Body
 log = logging.getLogger("gatepost.receive")
 
 READ_SIZE = 65536
+STOP_GRACE = 10.0  # seconds a stop gives sessions storing a message to answer
 
 
 @dataclass(slots=True)
@@ -77,8 +78,9 @@ class ReceiveSide:
             topo.limits.max_connections, topo.limits.max_connections_per_client
         )
         self.tls = server_tls(gateway)
-        self.hostname = hostname_of(topo, gateway)
+        self.hostname = notify.mta_name(topo, gateway.postoffice)
         self.server: asyncio.Server | None = None
+        self.sessions: dict[Session, asyncio.Task[None]] = {}
 
     async def start(self) -> asyncio.Server:
         assert self.gateway.listen is not None
@@ -96,9 +98,16 @@ class ReceiveSide:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def stop(self) -> None:
+        """Accept no more connections; end the sessions that wait for a command,
+        and give those in the middle of storing a message time to answer it."""
         if self.server is not None:
             self.server.close()
-            await self.server.wait_closed()
+        for session in self.sessions:
+            if session.waiting:
+                session.writer.close()
+        tasks = list(self.sessions.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_GRACE)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername") or ("unknown", 0)
@@ -107,7 +116,8 @@ class ReceiveSide:
             writer.write(TOO_MANY_CONNECTIONS.to_bytes())
             writer.close()
             return
-        session = Session(self, client)
+        session = Session(self, client, writer)
+        self.sessions[session] = asyncio.current_task()  # type: ignore[assignment]
         try:
             await session.run(reader, writer)
         except TimeoutError:
@@ -116,6 +126,7 @@ class ReceiveSide:
         except OSError:  # the peer went away, or a TLS handshake failed
             pass
         finally:
+            self.sessions.pop(session, None)
             self.admission.leave(client)
             writer.close()
 
@@ -140,18 +151,21 @@ def deadlines_of(limits: TopologyLimits) -> Deadlines:
     )
 
 
-def hostname_of(topo: Topology, gateway: Gateway) -> str:
-    po = topo.postoffices[gateway.postoffice]
-    domains = po.domains or topo.domains
-    return domains[0] if domains else f"{gateway.name.lower()}.{topo.name.lower()}"
+def same_recipient(a: NewRecipient, b: NewRecipient) -> bool:
+    """The same mailbox (by any of its addresses), or the same outside address."""
+    if a.mailbox is not None or b.mailbox is not None:
+        return a.mailbox == b.mailbox
+    return a.address.lower() == b.address.lower()
 
 
 class Session:
     """One SMTP connection: answers the core's decision events."""
 
-    def __init__(self, side: ReceiveSide, peer: str) -> None:
+    def __init__(self, side: ReceiveSide, peer: str, writer: asyncio.StreamWriter) -> None:
         self.side = side
         self.peer = peer
+        self.writer = writer
+        self.waiting = False  # for the client's next command: nothing to answer yet
         self.helo = ""
         self.envelope = Envelope()
         self.conn = ServerConnection(
@@ -227,8 +241,12 @@ class Session:
         timeout = self.pace.timeout(now)
         if timeout <= 0:
             raise TimeoutError
-        async with asyncio.timeout(timeout):  # cheaper than wait_for: no task per read
-            data = await reader.read(READ_SIZE)
+        self.waiting = self.conn.state is not State.DATA
+        try:
+            async with asyncio.timeout(timeout):  # cheaper than wait_for: no task per read
+                data = await reader.read(READ_SIZE)
+        finally:
+            self.waiting = False
         self.pace.received(len(data), time.monotonic())
         return data
 
@@ -251,9 +269,9 @@ class Session:
             return Reply.of(550, f"5.1.3 <{address}>: Recipient address rejected: bad address")
         if native is None and not self.may_relay:
             return Reply.of(550, f"5.7.1 <{address}>: Relay access denied")
-        self.envelope.recipients.append(
-            NewRecipient(address, native.key if native is not None else None)
-        )
+        recipient = NewRecipient(address, native.key if native is not None else None)
+        if not any(same_recipient(recipient, r) for r in self.envelope.recipients):
+            self.envelope.recipients.append(recipient)  # one copy, however often it is named
         return Reply.of(250, "2.1.5 Ok")
 
     def trace(self, queue_id: str) -> bytes:

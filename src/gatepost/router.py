@@ -28,10 +28,6 @@ from gatepost.store import (
 from gatepost.topology import NoRoute, Topology, outbound_gateway, path
 from gatepost.waiting import idle
 
-
-def sending_gateways_of(topo: Topology) -> list[str]:
-    return [name for name, gateway in topo.gateways.items() if gateway.sends]
-
 log = logging.getLogger("gatepost.router")
 
 BATCH = 512
@@ -44,13 +40,13 @@ def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome
         if postoffice not in topo.postoffices or mailbox not in topo.postoffices[postoffice].mailboxes:
             return [Bounced(job, "550 5.1.1 mailbox no longer exists in the topology")]
         target = postoffice
-    else:
-        gateway = outbound_gateway(topo, job.origin, alive)
-        target, last = gateway.postoffice, send_queue(gateway.name)
     try:
+        if job.mailbox is None:
+            gateway = outbound_gateway(topo, job.origin, alive)
+            target, last = gateway.postoffice, send_queue(gateway.name)
         hops = path(topo, job.location, target)[1:]
-    except NoRoute:
-        return [Bounced(job, f"554 5.4.4 no route from {job.location} to {target}")]
+    except NoRoute as error:  # e.g. the topology changed under queued mail
+        return [Bounced(job, f"554 5.4.4 no route from {job.location}: {error}")]
     if job.mailbox is not None:
         return [*(Moved(job, hop, ROUTER) for hop in hops), Delivered(job)]
     return [*(Moved(job, hop, ROUTER) for hop in hops[:-1]), Moved(job, target, last)]
@@ -79,9 +75,13 @@ class Router:
 
     async def run(self, stop: asyncio.Event) -> None:
         await leases.reclaim(self.store, ROUTER, time.time())
+        purged = 0.0
         while not stop.is_set():
             if time.time() - self.checked >= policy.HEARTBEAT:
                 await self.failover(time.time())
+            if time.time() - purged >= policy.PURGE_EVERY:
+                purged = time.time()
+                await self.store.purge(purged - policy.KEEP_FINAL)
             if not await self.step():
                 await idle(self.store, ROUTER, self.wakeup, stop, policy.HEARTBEAT)
 
@@ -104,26 +104,34 @@ class Router:
         the router again wherever another running gateway serves its origin."""
         self.checked = now
         self.living = await self.store.alive(now - policy.HEARTBEAT_TTL)
-        for name in sending_gateways_of(self.topo):
-            if self.alive(name):
+        for name, gateway in self.topo.gateways.items():
+            if not gateway.sends or self.alive(name):
                 continue
-            origins = [po for po in self.topo.postoffices if self.takes_over(po, name)]
-            moved = await self.store.requeue(send_queue(name), origins, now)
+            origins = [po for po in gateway.serves if self.takes_over(po, name)]
+            queue = send_queue(name)
+            dead = [owner for owner in await self.store.owners(queue) if leases.dead_here(owner)]
+            moved = await self.store.requeue(queue, origins, now, dead)
             if moved:
                 log.info("gateway %s is not running: %d recipients go to another gateway",
                          name, moved)
 
     def takes_over(self, postoffice: str, stopped: str) -> bool:
-        gateway = outbound_gateway(self.topo, postoffice, self.alive)
+        try:
+            gateway = outbound_gateway(self.topo, postoffice, self.alive)
+        except NoRoute:
+            return False
         return gateway.name != stopped and self.alive(gateway.name)
 
     async def reports(self, outcomes: list[Outcome], now: float) -> list[NewMessage]:
         reports = []
         for o in outcomes:
             if isinstance(o, Bounced):
-                status = policy.status_of(int(o.reply[:3]), o.reply[4:])
+                status = policy.reply_status(o.reply, "5.0.0")
                 failure = policy.Failure(o.job.address, status, f"x-gatepost; {o.reply}")
-                original = await self.store.content_head(o.job.message_id)
+                try:
+                    original = await self.store.content_head(o.job.message_id)
+                except KeyError:  # deleted meanwhile (gatepost delete): nothing to report
+                    continue
                 dsn = notify.report(self.topo, o.job, [failure], original, now)
                 reports += [dsn] if dsn else []
         return reports

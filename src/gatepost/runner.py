@@ -109,14 +109,33 @@ async def serve(topo: Topology, roles: list[str], announce: Callable[[list[str]]
         running = await start(topo, roles, store, stop)
         announce(running.listening)
         tasks = [asyncio.ensure_future(job) for job in running.loops]
-        await stop.wait()
+        failed = await first_failure(tasks, stop)
+        stop.set()
         log.info("stopping: no new connections, finishing what is in flight")
         for stopper in running.stoppers:
             await stopper()
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if failed is not None:
+            raise failed  # exit non-zero: the supervisor starts the role again
     finally:
         with contextlib.suppress(Exception):
             await store.aclose()
+
+
+async def first_failure(
+    tasks: list[asyncio.Task[None]], stop: asyncio.Event
+) -> BaseException | None:
+    """Wait for a stop, or for a loop to end by itself (a bug or a broken store):
+    then the process must not go on half alive."""
+    stopped = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    ended = [task for task in tasks if task in done]
+    if stop.is_set() and not ended:
+        return None
+    error = (ended[0].exception() if ended else None) or RuntimeError("a loop ended by itself")
+    log.error("stopping: a worker loop failed: %r", error)
+    return error
 
 
 def run(topo: Topology, roles: list[str], announce: Callable[[list[str]], None]) -> None:

@@ -172,8 +172,10 @@ class SendSide:
         if link is not None and link.destination != destination:
             await self.release(link)
             link = None
+        claimed = self.clock()
         try:
             for group in by_message(jobs):
+                claimed = await self.keep_leases(jobs, claimed)
                 if link is None or link.sent >= self.gateway.max_per_session:
                     await self.release(link)
                     link = None
@@ -194,6 +196,14 @@ class SendSide:
             await self.release(link)
             link = None
         return link
+
+    async def keep_leases(self, jobs: list[Job], since: float) -> float:
+        """A slow host or a rate limit can outlast the claim: renew it halfway, so
+        no other worker takes (and sends again) what this one still holds."""
+        if self.clock() - since < policy.LEASE / 2:
+            return since
+        await self.store.renew(jobs, self.clock() + policy.LEASE)
+        return self.clock()
 
     def failed(self, jobs: list[Job], done: list[Outcome], reply: Reply, relay: str) -> list[Outcome]:
         """Outcomes for the jobs not yet decided when the session failed."""
@@ -264,7 +274,11 @@ class SendSide:
 
     async def transact(self, link: Link, jobs: list[Job]) -> list[Outcome]:
         first = jobs[0]
-        content = await self.payload(first)
+        try:
+            content = await self.payload(first)
+        except KeyError:  # deleted (gatepost delete) since it was claimed: nothing to send
+            log.info("%s: deleted while queued; not sent", first.message_id)
+            return []
         await self.pace.wait()
         try:
             replies = await link.session.transact(first.sender, [j.address for j in jobs], content)
@@ -344,8 +358,7 @@ def by_message_outcomes(outcomes: Sequence[Outcome]) -> Iterator[list[Outcome]]:
 def failure(o: Outcome, action: str, delivery: Delivery) -> policy.Failure:
     """One recipient's part of a DSN: failed (a bounce) or delayed (a warning)."""
     reply, relay = (o.reply, o.relay) if isinstance(o, Bounced | Deferred) else ("", "")
-    code, _, text = reply.partition(" ")
-    status = policy.status_of(int(code), text) if code.isdigit() else "5.0.0"
+    status = policy.reply_status(reply, "5.0.0")
     if action == "delayed":
         status = "4" + status[1:] if status[0] == "4" else "4.0.0"
         until = o.job.created + delivery.lifetime

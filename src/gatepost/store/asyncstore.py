@@ -95,6 +95,10 @@ class AsyncStore:
             _cancel(batch)
             raise
         except Exception as exc:  # noqa: BLE001 - any failure must reach every caller
+            if len(batch) > 1:  # one bad message must not fail the others: one by one
+                for waiting in batch:
+                    await self._commit([waiting])
+                return
             for _, done in batch:
                 if not done.done():
                     done.set_exception(exc)
@@ -174,8 +178,13 @@ class AsyncStore:
     async def alive(self, since: float) -> set[str]:
         return await self._call(lambda store: store.alive(since))
 
-    async def requeue(self, queue: str, origins: Sequence[str], now: float) -> int:
-        return await self._call(lambda store: store.requeue(queue, origins, now))
+    async def requeue(
+        self, queue: str, origins: Sequence[str], now: float, dead: Sequence[str] = ()
+    ) -> int:
+        return await self._call(lambda store: store.requeue(queue, origins, now, dead))
+
+    async def renew(self, jobs: Sequence[Job], until: float) -> int:
+        return await self._call(lambda store: store.renew(jobs, until))
 
     async def purge(self, before: float) -> int:
         return await self._call(lambda store: store.purge(before))

@@ -240,11 +240,16 @@ class Store(Protocol):
         """Workers whose last heartbeat is at or after `since`."""
         ...
 
-    def requeue(self, queue: str, origins: Sequence[str], now: float) -> int:
+    def requeue(
+        self, queue: str, origins: Sequence[str], now: float, dead: Sequence[str] = ()
+    ) -> int:
         """Hand the jobs of `queue` whose message origin is in `origins` back to
-        the router: the gateway stopped, another one takes them. Its active jobs
-        too, whatever their lease says: its owner is gone (if it was only slow,
-        a message may go out twice, never not at all)."""
+        the router: the gateway stopped, another one takes them. Active jobs go
+        too when their lease ran out or their owner is among the `dead`."""
+        ...
+
+    def renew(self, jobs: Sequence[Job], until: float) -> int:
+        """Extend the leases of jobs their owner still holds; returns how many."""
         ...
 
     def purge(self, before: float) -> int:

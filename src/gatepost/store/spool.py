@@ -24,7 +24,9 @@ class SpoolWriter:
     removes it (the message was refused or the session ended)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sync_folder(path.parent.parent)  # the new folder's own entry, durable too
         self.path = path
         self.size = 0
         self._file: BinaryIO | None = path.open("xb")

@@ -140,12 +140,15 @@ _HEARTBEAT = """INSERT INTO workers (name, owner, seen) VALUES (?, ?, ?)
 _FORGET = "DELETE FROM workers WHERE name = ? AND owner = ?"
 _ALIVE = "SELECT name FROM workers WHERE seen >= ?"
 _REQUEUE = f"""UPDATE jobs SET queue = '{ROUTER}', state = 'incoming', next_attempt = NULL,
-    {_UNLEASE} WHERE queue = ? AND state IN ('incoming', 'deferred', 'active')
+    {_UNLEASE} WHERE queue = ? AND (state IN ('incoming', 'deferred')
+        OR (state = 'active' AND (lease_until < ? OR lease_owner IN ({{}}))))
     AND message_id IN (SELECT id FROM messages WHERE origin IN ({{}}))
     RETURNING message_id, rcpt_id, address, location"""
 _DUE = """SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'incoming')
     OR EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'deferred' AND next_attempt <= ?2)
     OR EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'active' AND lease_until < ?2)"""
+_RENEW = """UPDATE jobs SET lease_until = ? WHERE message_id = ? AND rcpt_id = ?
+    AND state = 'active' AND lease_owner = ?"""
 _OWNERS = """SELECT DISTINCT lease_owner FROM jobs
     WHERE queue = ? AND state = 'active' AND lease_owner IS NOT NULL"""
 _RELEASE_OWNER = f"""UPDATE jobs SET state = 'incoming', next_attempt = NULL, {_UNLEASE}
@@ -284,6 +287,11 @@ class SqliteStore:
         spool.remove(self.spool, files)
         return changed
 
+    def renew(self, jobs: Sequence[Job], until: float) -> int:
+        with self._write() as conn:
+            params = [(until, job.message_id, job.rcpt_id, job.owner) for job in jobs]
+            return conn.executemany(_RENEW, params).rowcount
+
     def owners(self, queue: str) -> set[str]:
         return {row[0] for row in self._conn.execute(_OWNERS, (queue,)).fetchall()}
 
@@ -302,12 +310,14 @@ class SqliteStore:
     def alive(self, since: float) -> set[str]:
         return {row[0] for row in self._conn.execute(_ALIVE, (since,)).fetchall()}
 
-    def requeue(self, queue: str, origins: Sequence[str], now: float) -> int:
+    def requeue(
+        self, queue: str, origins: Sequence[str], now: float, dead: Sequence[str] = ()
+    ) -> int:
         if not origins:
             return 0
-        sql = _REQUEUE.format(", ".join("?" * len(origins)))
+        sql = _REQUEUE.format(", ".join("?" * len(dead)), ", ".join("?" * len(origins)))
         with self._write() as conn:
-            rows = conn.execute(sql, (now, queue, *origins)).fetchall()
+            rows = conn.execute(sql, (now, queue, now, *dead, *origins)).fetchall()
             hops = [(r[0], r[1], r[2], now, "requeue", r[3], f"from {queue}") for r in rows]
             conn.executemany(_INSERT_HOP, hops)
         return len(rows)
