@@ -59,8 +59,9 @@ class Received:
 class ScriptedHost:
     """The smart host. `start()` binds (again on the same port after `stop()`)."""
 
-    def __init__(self, script: Script | None = None) -> None:
+    def __init__(self, script: Script | None = None, bind: str = "127.0.0.1") -> None:
         self.script = script or Script()
+        self.bind = bind  # the address to listen on: "::1" for an IPv6 peer
         self.received: list[Received] = []
         self.port = 0
         self.open = 0
@@ -81,7 +82,7 @@ class ScriptedHost:
         return self
 
     async def _start(self) -> None:
-        self.server = await asyncio.start_server(self.session, "127.0.0.1", self.port)
+        self.server = await asyncio.start_server(self.session, self.bind, self.port)
         self.port = self.server.sockets[0].getsockname()[1]
 
     def stop(self) -> None:
@@ -102,7 +103,7 @@ class ScriptedHost:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"[{self.bind}]:{self.port}" if ":" in self.bind else f"{self.bind}:{self.port}"
 
     def recipients(self) -> list[str]:
         return sorted(r for message in self.received for r in message.recipients)
@@ -247,11 +248,14 @@ def decode(text: str) -> str:
 
 
 class DnsServer:
-    """Answers MX and A queries over UDP on 127.0.0.1: `mx` maps a domain to
-    its exchange names, `a` a name to its addresses; anything else NXDOMAIN."""
+    """Answers MX, A and AAAA queries over UDP on 127.0.0.1: `mx` maps a domain
+    to its exchange names, `a` and `aaaa` a name to its IPv4 and IPv6
+    addresses; a name in none of them is NXDOMAIN, a known name without
+    records of the asked type an empty answer."""
 
-    def __init__(self, mx: dict[str, list[tuple[int, str]]], a: dict[str, list[str]]) -> None:
-        self.mx, self.a = mx, a
+    def __init__(self, mx: dict[str, list[tuple[int, str]]], a: dict[str, list[str]],
+                 aaaa: dict[str, list[str]] | None = None) -> None:
+        self.mx, self.a, self.aaaa = mx, a, aaaa or {}
         self.queries: list[tuple[str, str]] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -274,13 +278,15 @@ class DnsServer:
         name = question.name.to_text(omit_final_dot=True).lower()
         kind = dns.rdatatype.to_text(question.rdtype)
         self.queries.append((kind, name))
-        if name not in self.mx and name not in self.a:
+        if name not in self.mx and name not in self.a and name not in self.aaaa:
             response.set_rcode(dns.rcode.NXDOMAIN)
         elif kind == "MX" and name in self.mx:
             records = [f"{pref} {host}." for pref, host in self.mx[name]]
             response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "MX", *records))
         elif kind == "A" and name in self.a:
             response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", *self.a[name]))
+        elif kind == "AAAA" and name in self.aaaa:
+            response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "AAAA", *self.aaaa[name]))
         return response
 
     def close(self) -> None:

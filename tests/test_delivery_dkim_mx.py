@@ -13,6 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from gatepost.mx import MxResolver
+from gatepost.topology.model import HostPort
 from scripted import ALICE, DnsServer, Harness, ScriptedHost
 
 
@@ -106,3 +108,52 @@ def test_mx_delivery_groups_recipients_per_domain(
         ["a@one.example", "b@one.example"], ["c@two.example"], ["d@plain.example"]
     ]
     assert ("MX", "plain.example") in dns_server.queries
+
+
+def resolve(server: DnsServer, domain: str) -> list[tuple[str, str]]:
+    resolver = MxResolver(HostPort("127.0.0.1", server.port), port=2525)
+    found = asyncio.run(resolver.hosts(domain))
+    assert {address.port for address, _ in found} == {2525}
+    return [(address.host, name) for address, name in found]
+
+
+def test_mx_hosts_are_tried_by_preference_ipv4_before_ipv6() -> None:
+    server = DnsServer(
+        mx={"dual.example": [(20, "backup.dual.example"), (10, "mx.dual.example"), (30, "v6.dual.example")]},
+        a={"mx.dual.example": ["192.0.2.1"], "backup.dual.example": ["192.0.2.3"],
+           "v4only.example": ["192.0.2.9"]},
+        aaaa={"mx.dual.example": ["2001:db8::1"], "backup.dual.example": ["2001:db8::3"],
+              "v6.dual.example": ["2001:db8::6"], "implicit.example": ["2001:db8::7"]},
+    )
+    try:
+        assert resolve(server, "dual.example") == [
+            ("192.0.2.1", "mx.dual.example"), ("2001:db8::1", "mx.dual.example"),
+            ("192.0.2.3", "backup.dual.example"), ("2001:db8::3", "backup.dual.example"),
+            ("2001:db8::6", "v6.dual.example"),
+        ]
+        assert resolve(server, "implicit.example") == [("2001:db8::7", "implicit.example")]
+        assert resolve(server, "v4only.example") == [("192.0.2.9", "v4only.example")]
+        assert ("AAAA", "v6.dual.example") in server.queries
+    finally:
+        server.close()
+
+
+def test_mail_reaches_a_mail_host_that_has_only_an_ipv6_address(tmp_path: Path) -> None:
+    """The implicit MX of v6.example has an AAAA record and no A record."""
+    v6host = ScriptedHost(bind="::1").start()
+    server = DnsServer(mx={}, a={}, aaaa={"v6.example": ["::1"]})
+    gateway = f'smarthost = "mx"\nresolver = "127.0.0.1:{server.port}"\nmx_port = {v6host.port}'
+
+    async def main() -> str:
+        async with Harness(tmp_path, gateway) as h:
+            qid = await h.submit(ALICE, ["r@v6.example"])
+            events = await h.settled(qid, "delivered", "r@v6.example")
+            return events["r@v6.example"].detail
+
+    try:
+        detail = asyncio.run(main())
+    finally:
+        server.close()
+        v6host.close()
+    assert "v6.example[::1]" in detail
+    assert v6host.recipients() == ["r@v6.example"]

@@ -76,7 +76,6 @@ def test_greeting_and_ehlo_extensions() -> None:
         "ENHANCEDSTATUSCODES": "",
         "SMTPUTF8": "",
     }
-    assert conn.max_size == 1000
 
 
 def test_lf_only_replies_and_bare_code_are_tolerated() -> None:
@@ -114,7 +113,6 @@ def test_mail_parameters_only_when_advertised() -> None:
     assert ClientConnection().send(mail) == b"MAIL FROM:<a@b.example>\r\n"
     conn = greeted(b"250-mx.test\r\n250 SIZE\r\n")
     assert conn.send(mail) == b"MAIL FROM:<a@b.example> SIZE=12\r\n"
-    assert conn.max_size is None
     conn.send(Ehlo("c.test", esmtp=False))
     responses(conn, b"250 2.1.0 Ok\r\n250 mx.test\r\n")
     assert conn.extensions == {}

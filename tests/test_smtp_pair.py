@@ -79,7 +79,7 @@ def test_session_with_several_pipelined_messages() -> None:
     pair = Pair()
     opening = pair.exchange(Ehlo("client.test"))
     assert [r.command for r in opening] == [Greeting(), Ehlo("client.test")]
-    assert pair.client.max_size == 35_000_000 and "PIPELINING" in pair.client.extensions
+    assert pair.client.extensions["SIZE"] == "35000000" and "PIPELINING" in pair.client.extensions
     contents = [b"Subject: one\r\n\r\n.hidden\r\n", b"two\n..\n", b"", b"three"]
     for i, content in enumerate(contents):
         found = send_message(pair, content, "b@y.example", "bad@y.example", "c@y.example")

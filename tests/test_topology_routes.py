@@ -13,10 +13,8 @@ from gatepost.topology import (
     Topology,
     describe_route,
     load,
-    next_hop,
     outbound_gateway,
     path,
-    receiving_gateways,
     sending_gateways,
 )
 
@@ -98,13 +96,6 @@ def test_no_route(acme: Topology) -> None:
         path(acme, "SALES", "MARS")
 
 
-def test_next_hop(acme: Topology, tmp_path: Path) -> None:
-    assert next_hop(acme, "SALES", "ENG") == "HQ"
-    assert next_hop(acme, "HQ", "ENG") == "ENG"
-    assert next_hop(acme, "ENG", "ENG") == "ENG"
-    assert next_hop(diamond(tmp_path), "E", "A") == "D"
-
-
 def test_sending_gateways_in_file_order(tmp_path: Path) -> None:
     topo = diamond(tmp_path)
     assert [g.name for g in sending_gateways(topo, "A")] == ["GWD", "GWA"]
@@ -114,9 +105,7 @@ def test_sending_gateways_in_file_order(tmp_path: Path) -> None:
 def test_receive_only_gateways_never_send() -> None:
     topo = load(EXAMPLES / "dedicated-send-receive.toml")
     assert [g.name for g in sending_gateways(topo, "ALPHA")] == ["SEND"]
-    assert [g.name for g in receiving_gateways(topo)] == ["RECV"]
     pairs = load(EXAMPLES / "multiple-dedicated-pairs.toml")
-    assert [g.name for g in receiving_gateways(pairs)] == ["RECVA", "RECVB"]
     assert [g.name for g in sending_gateways(pairs, "PR")] == ["SENDB"]
 
 

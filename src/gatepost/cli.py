@@ -299,6 +299,9 @@ def delete_command(config: Path | None, ids: tuple[str, ...], all_deferred: bool
     """Delete queued messages (their recipients not yet delivered)."""
     if all_deferred:
         ids += deferred_ids(topology(config))
+        if not ids:
+            click.echo("delete: nothing is deferred")
+            return
     if not ids:
         raise click.UsageError("name queue ids, or --all-deferred")
     admin(config, ids, "delete")

@@ -31,6 +31,7 @@ def login(gateway: Gateway) -> Login | None:
 
 
 def password(gateway: Gateway) -> str:
+    """From the environment variable, else the file's first line (without its line end)."""
     if gateway.auth_password_env is not None:
         value = os.environ.get(gateway.auth_password_env, "")
         if not value:
@@ -41,7 +42,8 @@ def password(gateway: Gateway) -> str:
             text = gateway.auth_password_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise MissingSecret(f"cannot read {gateway.auth_password_file}: {exc.__class__.__name__}") from exc
-        if not text.strip("\r\n"):
-            raise MissingSecret(f"{gateway.auth_password_file} is empty")
-        return text.rstrip("\r\n")
+        first = text.splitlines()[0] if text else ""
+        if not first:
+            raise MissingSecret(f"{gateway.auth_password_file} has an empty first line")
+        return first
     raise MissingSecret("no auth_password_env or auth_password_file")

@@ -1,14 +1,15 @@
 """Finds the hosts that take mail for a domain: MX records, best first (RFC 5321 5.1).
 
 Does: ask DNS (dnspython, the system's resolver or a configured one) for a
-domain's MX records, then each exchange's addresses; a domain without MX
-records is its own mail host (implicit MX); a null MX (RFC 7505) or a
-domain that does not exist is a permanent failure, a DNS outage a
-temporary one. Must not know: SMTP sessions, the store, retry policy.
+domain's MX records, then each exchange's addresses (A, then AAAA); a
+domain without MX records is its own mail host (implicit MX); a null MX
+(RFC 7505) or a domain that does not exist is a permanent failure, a DNS
+outage a temporary one. Must not know: SMTP sessions, the store, retry policy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import dns.asyncresolver
@@ -67,8 +68,13 @@ class MxResolver:
         return names
 
     async def addresses(self, name: str) -> list[str]:
+        """`name`'s IPv4 addresses, then its IPv6 ones, each in the order DNS gave them."""
+        ipv4, ipv6 = await asyncio.gather(self.records(name, "A"), self.records(name, "AAAA"))
+        return ipv4 + ipv6
+
+    async def records(self, name: str, kind: str) -> list[str]:
         try:
-            answer = await self.resolver.resolve(name, "A")
+            answer = await self.resolver.resolve(name, kind)
         except dns.exception.DNSException:
             return []
         return [record.address for record in answer]

@@ -7,6 +7,8 @@ non-delivery report says. The send side asks; it decides nothing itself.
 from __future__ import annotations
 
 import email.utils
+import ipaddress
+import quopri
 import uuid
 from dataclasses import dataclass
 
@@ -15,9 +17,12 @@ from gatepost.topology.model import Delivery
 LEASE = 120.0  # how long a claim stays valid without renewal
 HEARTBEAT = 1.0  # how often a running gateway says so in the store
 HEARTBEAT_TTL = 5.0  # a gateway silent for longer is taken as stopped
+KEEP_FINAL = 7 * 24 * 3600.0  # delivered and bounced recipients are forgotten after this
+PURGE_EVERY = 3600.0  # how often the router forgets them
 BUSY_RETRY = 5.0  # seconds before mail refused with 421 (too busy) is tried again
 DEAD_HOST = 60.0  # a smart host that could not be reached is tried last for this long
 SHRINK_FOR = 60.0  # after a 421, fewer sessions to that host for this long
+MAX_DIAGNOSTIC = 900  # characters of a reply kept in Diagnostic-Code (lines stay under 998)
 DEFAULTS = Delivery()  # retry_min 60 s, retry_max 1 h, warn_after 4 h, lifetime 5 d
 
 
@@ -52,13 +57,46 @@ def status_of(code: int, text: str) -> str:
     return f"{code // 100}.0.0"
 
 
-def received_header(by: str, helo: str, peer: str, queue_hint: str, now: float) -> bytes:
-    """A Received trace header (RFC 5321 section 4.4), CRLF-terminated."""
+def reply_status(reply: str, default: str = "") -> str:
+    """The status of a reply as text ("550 5.1.1 No such user" -> "5.1.1"; "451 busy"
+    -> "4.0.0"), or `default` when it does not start with a reply code."""
+    code, _, text = reply.partition(" ")
+    return status_of(int(code), text) if code.isdigit() else default
+
+
+PROTOCOLS = frozenset({  # the "with" keywords of RFC 3848 and RFC 6531
+    "SMTP", "ESMTP", "ESMTPA", "ESMTPS", "ESMTPSA", "LMTP", "LMTPA", "LMTPS", "LMTPSA",
+    "UTF8SMTP", "UTF8SMTPA", "UTF8SMTPS", "UTF8SMTPSA",
+})
+
+
+def received_header(
+    by: str, helo: str, peer: str, queue_hint: str, now: float, protocol: str = "ESMTP"
+) -> bytes:
+    """A Received trace header (RFC 5321 section 4.4), CRLF-terminated: the
+    client's IP address as an address literal ("[192.0.2.1]", "[IPv6:::1]")
+    and `protocol` (RFC 3848: "SMTP", "ESMTP", "ESMTPS", ...) after "with"."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown Received protocol {protocol!r}")
     date = email.utils.formatdate(now, localtime=False)
     return (
-        f"Received: from {helo} ({peer})\r\n\tby {by} (gatepost) with ESMTP"
+        f"Received: from {helo} ({address_literal(peer)})\r\n\tby {by} (gatepost) with {protocol}"
         f" id {queue_hint};\r\n\t{date}\r\n"
     ).encode("ascii", "replace")
+
+
+def address_literal(peer: str) -> str:
+    """"192.0.2.1" -> "[192.0.2.1]", "::1" -> "[IPv6:::1]" (RFC 5321 4.1.3); an
+    IPv4-mapped IPv6 address as IPv4, a zone index dropped; not an IP: as is."""
+    try:
+        address = ipaddress.ip_address(peer.partition("%")[0])
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is None:
+            return f"[IPv6:{address.compressed}]"
+        return f"[{address.ipv4_mapped}]"
+    return f"[{address}]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +135,15 @@ def original_headers(content: bytes) -> bytes:
 
 def dsn(report: Report, failures: list[Failure], now: float) -> bytes:
     """An RFC 3464 delivery status notification (RFC 6522 multipart/report with
-    a human part, a message/delivery-status part and the original headers)."""
+    a human part, a message/delivery-status part and the original headers).
+
+    Every part is 7-bit, whatever the smart host offers: the human part is
+    UTF-8, quoted-printable when it holds non-ASCII or overlong lines; the
+    delivery-status part is ASCII as RFC 3464 requires (a non-ASCII recipient
+    is written as RFC 6533's "utf-8" type in its xtext form, other non-ASCII
+    becomes "?"); the original headers are copied byte for byte, encoded
+    quoted-printable when they are not 7-bit text. Only the report's own To
+    can be non-ASCII: an SMTPUTF8 sender's address has no ASCII form."""
     boundary = f"=_gatepost_{uuid.uuid4().hex}"
     delayed = all(f.action == "delayed" for f in failures)
     subject = "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
@@ -112,13 +158,15 @@ def dsn(report: Report, failures: list[Failure], now: float) -> bytes:
         f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"',
         "",
     ]
+    human = "\r\n".join(_human(report, failures, delayed)).encode("utf-8")
+    status = "\r\n".join(_status(report, failures, now)).encode("ascii", "replace")
     parts = [
-        _part("text/plain; charset=utf-8", "\r\n".join(_human(report, failures, delayed))),
-        _part("message/delivery-status", "\r\n".join(_status(report, failures, now))),
-        _part("text/rfc822-headers", original_headers(report.original).decode("utf-8", "replace")),
+        _part("text/plain; charset=utf-8", human),
+        _part("message/delivery-status", status),
+        _part("text/rfc822-headers", original_headers(report.original)),
     ]
-    body = "".join(f"--{boundary}\r\n{p}\r\n" for p in parts) + f"--{boundary}--\r\n"
-    return ("\r\n".join(head) + "\r\n" + body).encode("utf-8")
+    body = b"".join(b"--%s\r\n%s\r\n" % (boundary.encode(), p) for p in parts)
+    return ("\r\n".join(head) + "\r\n").encode("utf-8") + body + f"--{boundary}--\r\n".encode()
 
 
 def _human(report: Report, failures: list[Failure], delayed: bool) -> list[str]:
@@ -138,11 +186,11 @@ def _status(report: Report, failures: list[Failure], now: float) -> list[str]:
         f"Arrival-Date: {email.utils.formatdate(report.arrival)}",
     ]
     for f in failures:
-        status += ["", f"Final-Recipient: rfc822; {f.recipient}", f"Action: {f.action}"]
+        status += ["", f"Final-Recipient: {typed_address(f.recipient)}", f"Action: {f.action}"]
         status.append(f"Status: {f.status}")
         if f.remote_mta:
             status.append(f"Remote-MTA: dns; {remote_host(f.remote_mta)}")
-        status.append(f"Diagnostic-Code: {one_line(f.diagnostic)}")
+        status.append(f"Diagnostic-Code: {one_line(f.diagnostic)[:MAX_DIAGNOSTIC]}")
         status.append(f"Last-Attempt-Date: {email.utils.formatdate(now)}")
         if f.retry_until is not None:
             status.append(f"Will-Retry-Until: {email.utils.formatdate(f.retry_until)}")
@@ -157,5 +205,26 @@ def remote_host(relay: str) -> str:
     return host[1:-1] if host.startswith("[") else host
 
 
-def _part(content_type: str, text: str) -> str:
-    return f"Content-Type: {content_type}\r\n\r\n{text.rstrip(chr(13) + chr(10))}\r\n"
+def typed_address(address: str) -> str:
+    """"rfc822; addr" for an ASCII address, else RFC 6533's "utf-8; " with
+    utf-8-addr-xtext: each non-ASCII, "+", "=", "\\" or control as "\\x{HEX}"."""
+    if address.isascii():
+        return f"rfc822; {address}"
+    quoted = "".join(c if "!" <= c <= "~" and c not in "+=\\" else f"\\x{{{ord(c):X}}}" for c in address)
+    return f"utf-8; {quoted}"
+
+
+def _part(content_type: str, content: bytes) -> bytes:
+    """One body part: as is when `content` is 7-bit text, else quoted-printable."""
+    content = content.rstrip(b"\r\n") + b"\r\n"
+    head = b"Content-Type: " + content_type.encode("ascii") + b"\r\n"
+    if _seven_bit(content):
+        return head + b"\r\n" + content
+    return head + b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + quopri.encodestring(content)
+
+
+def _seven_bit(content: bytes) -> bool:
+    """RFC 2045 7bit data: ASCII without NUL, CR and LF only as CRLF, lines of 998 at most."""
+    lines = content.split(b"\r\n")
+    return (content.isascii() and b"\0" not in content
+            and not any(b"\r" in line or b"\n" in line or len(line) > 998 for line in lines))

@@ -167,6 +167,7 @@ class Session:
         self.writer = writer
         self.waiting = False  # for the client's next command: nothing to answer yet
         self.helo = ""
+        self.esmtp = False  # EHLO rather than HELO
         self.envelope = Envelope()
         self.conn = ServerConnection(
             side.hostname, side.limits, starttls=side.tls is not None, strict_sync=True
@@ -209,7 +210,7 @@ class Session:
                 writer.write(conn.data_to_send())
                 conn.send(await self.accept(event.content))
             elif isinstance(event, Ehlo):
-                self.helo = event.domain
+                self.helo, self.esmtp = event.domain, event.esmtp
 
     async def pregreet(self, reader: asyncio.StreamReader) -> None:
         """Wait a moment before the greeting: whoever talks first gets 554."""
@@ -278,7 +279,10 @@ class Session:
         """The Received header that goes first in the stored message."""
         side = self.side
         helo = self.helo or "unknown"
-        return policy.received_header(side.hostname, helo, self.peer, queue_id, time.time())
+        protocol = ("ESMTPS" if self.conn.tls_active else "ESMTP") if self.esmtp else "SMTP"
+        return policy.received_header(
+            side.hostname, helo, self.peer, queue_id, time.time(), protocol
+        )
 
     async def collect(self, data: bytes) -> None:
         if self.body is None:

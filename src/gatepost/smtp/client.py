@@ -51,7 +51,6 @@ class ClientConnection:
 
     def __init__(self) -> None:
         self.extensions: dict[str, str] = {}  # upper-case EHLO keyword -> parameters
-        self.max_size: int | None = None  # the server's SIZE, when it gave one
         self._in = bytearray()
         self._awaiting: deque[ClientCommand | Greeting] = deque([Greeting()])
         self._code: int | None = None  # of the multiline reply being read
@@ -136,7 +135,7 @@ class ClientConnection:
 
     def _start_over(self) -> None:
         """TLS begins: nothing learnt or received in clear counts any more."""
-        self.extensions, self.max_size = {}, None
+        self.extensions = {}
         self._in.clear()
         self._awaiting.clear()
         self._before_tls = True
@@ -147,15 +146,12 @@ class ClientConnection:
         return set(self.extensions.get("AUTH", "").upper().split())
 
     def _learn_extensions(self, ehlo: Ehlo, reply: Reply) -> None:
-        self.extensions, self.max_size = {}, None
+        self.extensions = {}
         if not ehlo.esmtp or reply.code // 100 != 2:
             return
         for line in reply.lines[1:]:
             keyword, _, params = line.strip().partition(" ")
             self.extensions[keyword.upper()] = params.strip()
-        size = self.extensions.get("SIZE", "")
-        if size.isascii() and size.isdigit() and int(size) > 0:
-            self.max_size = int(size)
 
 
 def serialize(command: ClientCommand, extensions: dict[str, str]) -> bytes:

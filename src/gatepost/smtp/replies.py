@@ -32,7 +32,6 @@ MESSAGE_TOO_BIG = TOO_BIG  # "552 5.3.4 Message size exceeds fixed limit"
 READY_FOR_TLS = _R(220, "2.0.0 Ready to start TLS")
 NO_TLS = _R(502, "5.5.1 Error: command not implemented")
 TLS_ACTIVE = _R(554, "5.5.1 Error: TLS already active")
-SYNTAX_STARTTLS = _R(501, "5.5.4 Syntax: STARTTLS")
 IN_TRANSACTION = _R(503, "5.5.1 Error: MAIL transaction in progress")
 OUT_OF_SYNC = _R(554, "5.5.0 Error: SMTP protocol synchronization")
 TALKED_FIRST = _R(554, "5.5.1 Error: talking before the greeting")

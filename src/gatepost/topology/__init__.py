@@ -29,10 +29,8 @@ from gatepost.topology.model import (
 from gatepost.topology.routes import (
     NoRoute,
     describe_route,
-    next_hop,
     outbound_gateway,
     path,
-    receiving_gateways,
     sending_gateways,
 )
 
@@ -54,12 +52,10 @@ __all__ = [
     "load",
     "lookup",
     "native_str",
-    "next_hop",
     "outbound_gateway",
     "outbound_sender",
     "parse",
     "path",
-    "receiving_gateways",
     "sender_native",
     "sending_gateways",
     "to_smtp",

@@ -46,20 +46,9 @@ def _walk_back(previous: dict[str, str | None], dst: str) -> tuple[str, ...]:
     return tuple(reversed(hops))
 
 
-def next_hop(topo: Topology, src: str, dst: str) -> str:
-    """The postoffice after `src` on the way to `dst` (`src` itself when equal)."""
-    hops = path(topo, src, dst)
-    return hops[1] if len(hops) > 1 else src
-
-
 def sending_gateways(topo: Topology, postoffice: str) -> tuple[Gateway, ...]:
     """Gateways that send and serve `postoffice`, file order; the first is primary."""
     return tuple(g for g in topo.gateways.values() if g.sends and postoffice in g.serves)
-
-
-def receiving_gateways(topo: Topology) -> tuple[Gateway, ...]:
-    """Gateways with a receive side, in file order."""
-    return tuple(g for g in topo.gateways.values() if g.receives)
 
 
 def outbound_gateway(
