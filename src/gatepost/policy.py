@@ -12,6 +12,8 @@ import quopri
 import uuid
 from dataclasses import dataclass
 
+from gatepost.smtp.events import Reply
+from gatepost.store.base import Bounced, Deferred, Delivered, Job, Outcome
 from gatepost.topology.model import Delivery
 
 LEASE = 120.0  # how long a claim stays valid without renewal
@@ -228,3 +230,28 @@ def _seven_bit(content: bytes) -> bool:
     lines = content.split(b"\r\n")
     return (content.isascii() and b"\0" not in content
             and not any(b"\r" in line or b"\n" in line or len(line) > 998 for line in lines))
+
+
+def outcome(job: Job, reply: Reply, relay: str, now: float, delivery: Delivery) -> Outcome:
+    """What one reply means for one recipient."""
+    text = f"{reply.code} {one_line(reply.text)}"
+    if reply.is_positive:
+        return Delivered(job, relay, text)
+    if reply.is_permanent or expired(job.created, now, delivery):
+        return Bounced(job, text, relay)
+    if reply.code == 421:  # the host is busy, not the recipient: try again soon
+        return Deferred(job, now + BUSY_RETRY, text, relay)
+    return Deferred(job, now + retry_delay(job.attempts, delivery), text, relay)
+
+
+def failure(o: Outcome, action: str, delivery: Delivery) -> Failure:
+    """One recipient's part of a DSN: failed (a bounce) or delayed (a warning)."""
+    reply, relay = (o.reply, o.relay) if isinstance(o, Bounced | Deferred) else ("", "")
+    status = reply_status(reply, "5.0.0")
+    if action == "delayed":
+        status = "4" + status[1:] if status[0] == "4" else "4.0.0"
+        until = o.job.created + delivery.lifetime
+        return Failure(o.job.address, status, f"smtp; {reply}", relay, action, until)
+    if status[0] != "5":  # given up on a temporary failure: delivery time expired
+        status = "5.4.7"
+    return Failure(o.job.address, status, f"smtp; {reply}", relay)

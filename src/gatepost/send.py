@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from typing import TypeVar
 
 from gatepost import credentials, deliverylog, leases, notify, policy
 from gatepost.mx import MxResolver, NoMailHost
@@ -27,16 +28,16 @@ from gatepost.store import (
     AsyncStore,
     Bounced,
     Deferred,
-    Delivered,
     Job,
     NewMessage,
     Outcome,
     send_queue,
 )
 from gatepost.topology import Gateway, Topology
-from gatepost.topology.model import Delivery, HostPort
+from gatepost.topology.model import HostPort
 from gatepost.waiting import idle, wait_any
 
+T = TypeVar("T")
 log = logging.getLogger("gatepost.send")
 
 PER_CLAIM = 64  # recipients claimed per batch
@@ -69,18 +70,6 @@ class Link:
     sent: int = 0
 
 
-def outcome(job: Job, reply: Reply, relay: str, now: float, delivery: Delivery) -> Outcome:
-    """What one reply means for one recipient."""
-    text = f"{reply.code} {policy.one_line(reply.text)}"
-    if reply.is_positive:
-        return Delivered(job, relay, text)
-    if reply.is_permanent or policy.expired(job.created, now, delivery):
-        return Bounced(job, text, relay)
-    if reply.code == 421:  # the host is busy, not the recipient: try again soon
-        return Deferred(job, now + policy.BUSY_RETRY, text, relay)
-    return Deferred(job, now + policy.retry_delay(job.attempts, delivery), text, relay)
-
-
 def destination_of(job: Job, by_domain: bool) -> str:
     return job.address.rpartition("@")[2].lower() if by_domain else ""
 
@@ -93,8 +82,10 @@ def by_destination(jobs: list[Job], by_domain: bool) -> Iterator[tuple[str, list
         yield key, list(group)
 
 
-def by_message(jobs: Iterable[Job]) -> Iterator[list[Job]]:
-    for _, group in groupby(jobs, key=lambda job: job.message_id):
+def by_message(items: Iterable[T], job: Callable[[T], Job]) -> Iterator[list[T]]:
+    """Jobs, or outcomes, grouped per message (`job` gives each one's job)."""
+    ordered = sorted(items, key=lambda item: job(item).message_id)
+    for _, group in groupby(ordered, key=lambda item: job(item).message_id):
         yield list(group)
 
 
@@ -174,7 +165,7 @@ class SendSide:
             link = None
         claimed = self.clock()
         try:
-            for group in by_message(jobs):
+            for group in by_message(jobs, lambda job: job):
                 claimed = await self.keep_leases(jobs, claimed)
                 if link is None or link.sent >= self.gateway.max_per_session:
                     await self.release(link)
@@ -210,7 +201,7 @@ class SendSide:
         decided = {(o.job.message_id, o.job.rcpt_id) for o in done}
         now = self.clock()
         return [
-            outcome(job, reply, relay, now, self.delivery)
+            policy.outcome(job, reply, relay, now, self.delivery)
             for job in jobs
             if (job.message_id, job.rcpt_id) not in decided
         ]
@@ -288,7 +279,7 @@ class SendSide:
         link.sent += 1
         now = self.clock()
         relay = str(link.target)
-        return [outcome(job, reply, relay, now, self.delivery) for job, reply in zip(jobs, replies)]
+        return [policy.outcome(job, reply, relay, now, self.delivery) for job, reply in zip(jobs, replies)]
 
     async def payload(self, job: Job) -> Payload:
         """The content to send: whole (and DKIM-signed) when small, else a
@@ -332,7 +323,7 @@ class SendSide:
             and policy.warn_due(o.job.created, now, self.delivery)
         ]
         warn: list[Outcome] = []
-        for group in by_message_outcomes(due):
+        for group in by_message(due, lambda o: o.job):
             hops = await self.store.hops(group[0].job.message_id)
             deferrals = [h.at for h in hops if h.event == "deferred"]
             if not policy.already_warned(group[0].job.created, deferrals, self.delivery):
@@ -341,28 +332,9 @@ class SendSide:
 
     async def reports(self, items: Sequence[Outcome], now: float, action: str) -> list[NewMessage]:
         reports = []
-        for group in by_message_outcomes(items):
-            failures = [failure(o, action, self.delivery) for o in group]
+        for group in by_message(items, lambda o: o.job):
+            failures = [policy.failure(o, action, self.delivery) for o in group]
             original = await self.store.content_head(group[0].job.message_id)
             dsn = notify.report(self.topo, group[0].job, failures, original, now)
             reports += [dsn] if dsn else []
         return reports
-
-
-def by_message_outcomes(outcomes: Sequence[Outcome]) -> Iterator[list[Outcome]]:
-    ordered = sorted(outcomes, key=lambda o: o.job.message_id)
-    for _, group in groupby(ordered, key=lambda o: o.job.message_id):
-        yield list(group)
-
-
-def failure(o: Outcome, action: str, delivery: Delivery) -> policy.Failure:
-    """One recipient's part of a DSN: failed (a bounce) or delayed (a warning)."""
-    reply, relay = (o.reply, o.relay) if isinstance(o, Bounced | Deferred) else ("", "")
-    status = policy.reply_status(reply, "5.0.0")
-    if action == "delayed":
-        status = "4" + status[1:] if status[0] == "4" else "4.0.0"
-        until = o.job.created + delivery.lifetime
-        return policy.Failure(o.job.address, status, f"smtp; {reply}", relay, action, until)
-    if status[0] != "5":  # given up on a temporary failure: delivery time expired
-        status = "5.4.7"
-    return policy.Failure(o.job.address, status, f"smtp; {reply}", relay)
