@@ -33,7 +33,7 @@ from gatepost.store import (
     schema,
     send_queue,
 )
-from gatepost.store import sqlite as sqlite_module
+from gatepost.store import connect as connect_module
 
 SEND = send_queue("GW1")
 LEASE = 60.0
@@ -657,7 +657,7 @@ def test_sqlite_opening_a_current_store_does_not_wait_for_a_writer(
     """mailq opens the store while the system writes: it must only read."""
     path = tmp_path / "q.db"
     SqliteStore(path).close()
-    monkeypatch.setattr(sqlite_module, "BUSY_TIMEOUT", 0.1)  # fail soon instead of waiting
+    monkeypatch.setattr(connect_module, "BUSY_TIMEOUT", 0.1)  # fail soon instead of waiting
     with closing(sqlite3.connect(path, isolation_level=None, timeout=0)) as writer:
         writer.execute("BEGIN IMMEDIATE")
         store = SqliteStore(path)
