@@ -18,6 +18,7 @@ run: $(STAMP)
 	$(BIN)/gatepost -c $(CONFIG) run --guide
 
 test: $(STAMP)
+	scripts/install-tools
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
