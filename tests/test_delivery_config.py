@@ -109,11 +109,9 @@ def test_backoff_doubles_up_to_the_maximum() -> None:
     assert [policy.retry_delay(n, delivery) for n in range(6)] == [60, 120, 240, 480, 600, 600]
 
 
-def test_warning_is_due_once() -> None:
+def test_warning_is_due_after_warn_after() -> None:
     delivery = Delivery(warn_after=100, lifetime=1000)
     assert not policy.warn_due(0, 99, delivery) and policy.warn_due(0, 100, delivery)
-    assert not policy.already_warned(0, [10, 50], delivery)
-    assert policy.already_warned(0, [10, 150], delivery)
     assert not policy.warn_due(0, 500, Delivery(warn_after=0))
 
 

@@ -676,3 +676,15 @@ def test_open_store_accepts_url_forms(tmp_path: Path, form: str) -> None:
 def test_open_store_refuses_other_schemes() -> None:
     with pytest.raises(ValueError):
         open_store("postgresql://localhost/mail")
+
+
+def test_a_delay_warning_is_enqueued_once_per_message(store: Store) -> None:
+    [message_id] = store.enqueue([message(("a@x.org", None), ("b@x.org", None))], now=100.0)
+    first, second = store.claim(ROUTER, "w", 10, LEASE, now=101.0)
+    assert not first.warned
+    warning = message(("alice@example.com", None), content=b"Subject: delayed\r\n\r\n")
+    one = store.complete([Deferred(first, 500.0, "451 later")], 102.0, (), [(message_id, warning)])
+    two = store.complete([Deferred(second, 500.0, "451 later")], 102.0, (), [(message_id, warning)])
+    assert len(one) == 1 and two == []  # the second worker's warning is not sent again
+    again = [j for j in store.claim(ROUTER, "w", 10, LEASE, now=600.0) if j.message_id == message_id]
+    assert len(again) == 2 and all(job.warned for job in again)

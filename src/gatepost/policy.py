@@ -43,13 +43,6 @@ def warn_due(created: float, now: float, delivery: Delivery = DEFAULTS) -> bool:
     return 0 < delivery.warn_after <= now - created
 
 
-def already_warned(created: float, deferrals: list[float], delivery: Delivery = DEFAULTS) -> bool:
-    """Was the sender told already? A delay warning goes out with the first
-    deferral that is due one, in the same transaction, so an earlier
-    deferral at a due time (`deferrals`: their times) means it was sent."""
-    return any(warn_due(created, at, delivery) for at in deferrals)
-
-
 def status_of(code: int, text: str) -> str:
     """The enhanced status code in a reply text, or one derived from the code."""
     first = text.split(" ", 1)[0]

@@ -306,35 +306,38 @@ class SendSide:
         if not outcomes:
             return
         now = self.clock()
-        reports = await self.bounces(outcomes, now) + await self.warnings(outcomes, now)
-        await self.store.complete(outcomes, now, reports)
+        bounces, warnings = await self.bounces(outcomes, now), await self.warnings(outcomes, now)
+        await self.store.complete(outcomes, now, bounces, warnings)
         deliverylog.write(outcomes, now)
 
     async def bounces(self, outcomes: Iterable[Outcome], now: float) -> list[NewMessage]:
         bounced = [o for o in outcomes if isinstance(o, Bounced)]
-        return await self.reports(bounced, now, "failed")
+        return [report for _, report in await self.reports(bounced, now, "failed")]
 
-    async def warnings(self, outcomes: Iterable[Outcome], now: float) -> list[NewMessage]:
-        """Delay warnings: once per message, with the first deferral that is
-        at least warn_after since the message was queued."""
+    async def warnings(
+        self, outcomes: Iterable[Outcome], now: float
+    ) -> list[tuple[str, NewMessage]]:
+        """Delay warnings, with the first deferral at least warn_after since the
+        message was queued; the store enqueues each message's first one only."""
         due = [
             o for o in outcomes
-            if isinstance(o, Deferred) and o.job.sender
+            if isinstance(o, Deferred) and o.job.sender and not o.job.warned
             and policy.warn_due(o.job.created, now, self.delivery)
         ]
-        warn: list[Outcome] = []
-        for group in by_message(due, lambda o: o.job):
-            hops = await self.store.hops(group[0].job.message_id)
-            deferrals = [h.at for h in hops if h.event == "deferred"]
-            if not policy.already_warned(group[0].job.created, deferrals, self.delivery):
-                warn += group
-        return await self.reports(warn, now, "delayed")
+        return await self.reports(due, now, "delayed")
 
-    async def reports(self, items: Sequence[Outcome], now: float, action: str) -> list[NewMessage]:
+    async def reports(
+        self, items: Sequence[Outcome], now: float, action: str
+    ) -> list[tuple[str, NewMessage]]:
+        """One report per message: (the message's queue id, the report)."""
         reports = []
         for group in by_message(items, lambda o: o.job):
+            job = group[0].job
             failures = [policy.failure(o, action, self.delivery) for o in group]
-            original = await self.store.content_head(group[0].job.message_id)
-            dsn = notify.report(self.topo, group[0].job, failures, original, now)
-            reports += [dsn] if dsn else []
+            try:
+                original = await self.store.content_head(job.message_id)
+            except KeyError:  # deleted meanwhile: no one to tell about it
+                continue
+            dsn = notify.report(self.topo, job, failures, original, now)
+            reports += [(job.message_id, dsn)] if dsn else []
         return reports

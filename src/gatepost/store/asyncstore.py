@@ -115,9 +115,13 @@ class AsyncStore:
         return await self._call(lambda store: store.claim(queue, owner, limit, lease, now))
 
     async def complete(
-        self, outcomes: Sequence[Outcome], now: float, new: Sequence[NewMessage] = ()
+        self,
+        outcomes: Sequence[Outcome],
+        now: float,
+        new: Sequence[NewMessage] = (),
+        warnings: Sequence[tuple[str, NewMessage]] = (),
     ) -> list[str]:
-        return await self._call(lambda store: store.complete(outcomes, now, new))
+        return await self._call(lambda store: store.complete(outcomes, now, new, warnings))
 
     async def content(self, message_id: str) -> bytes:
         return await self._call(lambda store: store.content(message_id))

@@ -61,6 +61,7 @@ class Job:
     first_attempt: float | None
     size: int
     owner: str = ""  # lease owner that claimed it; lets Released skip a job re-leased elsewhere
+    warned: bool = False  # the sender was already told that the message is delayed
 
 
 # Outcomes a worker reports for claimed jobs; `Store.complete` applies them.
@@ -162,10 +163,16 @@ class Store(Protocol):
         ...
 
     def complete(
-        self, outcomes: Sequence[Outcome], now: float, new: Sequence[NewMessage] = ()
+        self,
+        outcomes: Sequence[Outcome],
+        now: float,
+        new: Sequence[NewMessage] = (),
+        warnings: Sequence[tuple[str, NewMessage]] = (),
     ) -> list[str]:
         """Apply outcomes (and enqueue `new` messages, e.g. bounces) in one
-        transaction; returns the ids of `new`. Outcomes for jobs whose lease
+        transaction; returns the ids of `new`. Each (message id, warning) in
+        `warnings` is enqueued only if that message had no warning yet: a
+        delay notification goes out once, whichever worker defers first. Outcomes for jobs whose lease
         this owner no longer holds are still applied (deliver twice rather
         than lose)."""
         ...

@@ -90,9 +90,11 @@ _V1 = (
 
 # Queue listing and paging: per state, in (created, message_id, rcpt_id) order.
 _V2 = ("""CREATE INDEX jobs_by_state ON jobs (state, created, message_id, rcpt_id)""",)
+# The sender was told once that the message is delayed (a delay DSN went out).
+_V3 = ("""ALTER TABLE messages ADD COLUMN warned INTEGER NOT NULL DEFAULT 0""",)
 
 # MIGRATIONS[n] takes a file from user_version n to n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 VERSION = len(MIGRATIONS)
 
 

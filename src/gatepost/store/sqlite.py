@@ -57,7 +57,7 @@ FINAL = ("delivered", "bounced")
 Row = tuple[Any, ...]
 
 _JOB_COLUMNS = """j.message_id, j.rcpt_id, m.sender, j.address, j.mailbox, j.location,
-    m.origin, j.queue, j.attempts, j.created, j.first_attempt, m.size"""
+    m.origin, j.queue, j.attempts, j.created, j.first_attempt, m.size, m.warned"""
 _CLAIM_EXPIRED = f"""SELECT {_JOB_COLUMNS} FROM jobs j JOIN messages m ON m.id = j.message_id
     WHERE j.queue = ? AND j.state = 'active' AND j.lease_until < ?
     ORDER BY j.created, j.message_id, j.rcpt_id LIMIT ?"""
@@ -149,6 +149,7 @@ _DUE = """SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'incomi
     OR EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'active' AND lease_until < ?2)"""
 _RENEW = """UPDATE jobs SET lease_until = ? WHERE message_id = ? AND rcpt_id = ?
     AND state = 'active' AND lease_owner = ?"""
+_WARN_ONCE = "UPDATE messages SET warned = 1 WHERE id = ? AND warned = 0"
 _OWNERS = """SELECT DISTINCT lease_owner FROM jobs
     WHERE queue = ? AND state = 'active' AND lease_owner IS NOT NULL"""
 _RELEASE_OWNER = f"""UPDATE jobs SET state = 'incoming', next_attempt = NULL, {_UNLEASE}
@@ -220,10 +221,14 @@ class SqliteStore:
             until = now + lease
             conn.executemany(_LEASE, [(owner, until, now, row[0], row[1]) for row in rows])
         rows.sort(key=lambda row: (row[9], row[0], row[1]))
-        return [Job(*(*row, owner)) for row in rows]
+        return [_job(row, owner) for row in rows]
 
     def complete(
-        self, outcomes: Sequence[Outcome], now: float, new: Sequence[NewMessage] = ()
+        self,
+        outcomes: Sequence[Outcome],
+        now: float,
+        new: Sequence[NewMessage] = (),
+        warnings: Sequence[tuple[str, NewMessage]] = (),
     ) -> list[str]:
         with self._write() as conn:
             hops: list[Row] = []
@@ -232,7 +237,9 @@ class SqliteStore:
                 if hop is not None:
                     hops.append(hop)
             conn.executemany(_INSERT_HOP, hops)
-            return _insert_messages(conn, new, now) if new else []
+            first = [w for m, w in warnings if conn.execute(_WARN_ONCE, (m,)).rowcount]
+            added = [*new, *first]
+            return _insert_messages(conn, added, now) if added else []
 
     def set_state(self, message_ids: Sequence[str], state: str, now: float) -> int:
         if state not in _ADMIN:
@@ -366,6 +373,12 @@ class SqliteStore:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _job(row: Row, owner: str) -> Job:
+    """A Job from a claim row (_JOB_COLUMNS) and the owner that claimed it."""
+    *fields, warned = row
+    return Job(*fields, owner, bool(warned))  # type: ignore[call-arg]
 
 
 def fair_pick(
