@@ -135,7 +135,11 @@ def run_command(config: Path | None, only: str | None, guide: bool, verbose: boo
     if only is None:
         supervisor = Supervisor(path.resolve(), runner.process_roles(topo), verbose)
         sys.exit(supervisor.run(announce))
-    runner.run(topo, roles, views.to_fd(ready_fd) if ready_fd is not None else announce)
+    try:
+        runner.run(topo, roles, views.to_fd(ready_fd) if ready_fd is not None else announce)
+    except runner.StartError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
 
 
 class JsonLines(logging.Formatter):

@@ -72,6 +72,17 @@ class Running:
     listening: list[str] = field(default_factory=list)
 
 
+class StartError(Exception):
+    """A role could not start; the message names the topology key."""
+
+
+async def listening(opening: Awaitable[object], what: str) -> None:
+    try:
+        await opening
+    except OSError as error:
+        raise StartError(f"{what}: cannot listen: {error.strerror or error}") from error
+
+
 async def start(topo: Topology, roles: list[str], store: AsyncStore, stop: asyncio.Event) -> Running:
     running = Running()
     senders = {
@@ -84,13 +95,13 @@ async def start(topo: Topology, roles: list[str], store: AsyncStore, stop: async
         running.loops.append(router.run(stop))
     if "capture" in roles and topo.capture:
         capture = Capture(topo.capture.listen.host, topo.capture.listen.port, topo.capture.dir)
-        await capture.start()
+        await listening(capture.start(), f"capture.listen {topo.capture.listen}")
         running.stoppers.append(capture.stop)
         running.listening.append(f"capture smart host on {topo.capture.listen}")
     for name, gw in topo.gateways.items():
         if gw.receives and runs_side(roles, name, "receive"):
             receive = ReceiveSide(topo, gw, store, wake_router=router.wake)
-            await receive.start()
+            await listening(receive.start(), f"gateways.{name}.listen {gw.listen}")
             running.stoppers.append(receive.stop)
             running.listening.append(f"gateway {name} receive side on {receive.address}")
     for side in senders.values():

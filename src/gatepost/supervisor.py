@@ -52,7 +52,11 @@ def await_ready(child: Child, deadline: float) -> None:
         readable, _, _ = select.select([child.ready], [], [], max(timeout, 0))
         chunk = os.read(child.ready, 4096) if readable else b""
         if not chunk:
-            raise RuntimeError(f"role {child.role} did not start (exit {child.process.poll()})")
+            try:
+                code = child.process.wait(5)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise RuntimeError(f"role {child.role} did not start (exit status {code})")
         buffer += chunk
     os.close(child.ready)
     child.lines = buffer.decode().splitlines()[:-1]
