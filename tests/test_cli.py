@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -101,6 +102,18 @@ def test_run_only_an_unknown_role_names_the_known_roles(make_net: MakeNet) -> No
     result = make_net().cli("run", "--only", "nonsense")
     assert result.returncode != 0
     assert "unknown role nonsense; this topology has: router, gateway:GW1" in result.stderr.decode()
+
+
+def test_run_with_its_listen_address_taken_names_the_key(make_net: MakeNet) -> None:
+    net = make_net()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", net.port))
+        taken.listen()
+        result = net.cli("run")
+    assert result.returncode != 0
+    assert f"error: gateways.GW1.listen 127.0.0.1:{net.port}: cannot listen" in (
+        result.stderr.decode()
+    )
 
 
 # -- mailq pages ---------------------------------------------------------------------
