@@ -21,19 +21,22 @@ from gatepost.smtp.client import ClientConnection, auth_login, auth_plain
 from gatepost.smtp.events import (
     NEED_DATA,
     ClientCommand,
-    Command,
     ConnectionClosed,
     Content,
-    Data,
     Ehlo,
     Mail,
     Message,
     Quit,
-    Rcpt,
     Reply,
     Response,
-    Rset,
     StartTls,
+)
+from gatepost.smtp.transaction import (
+    Broken,
+    Finished,
+    Step,
+    Transaction,
+    WriteContent,
 )
 from gatepost.topology.model import TlsMode
 
@@ -186,57 +189,29 @@ class Outbound:
         if utf8 and "SMTPUTF8" not in self.conn.extensions:  # RFC 6531 3.4: must not send
             return [NEEDS_SMTPUTF8] * len(recipients)
         mail = Mail(sender, size, "8BITMIME" if eight_bit else None, utf8)
-        if "PIPELINING" in self.conn.extensions:
-            return await self.pipelined(mail, recipients, content)
-        return await self.stepwise(mail, recipients, content)
+        transaction = Transaction(mail, recipients, "PIPELINING" in self.conn.extensions)
+        step: Step = transaction.start()
+        while True:
+            if isinstance(step, Finished):
+                return list(step.replies)
+            if isinstance(step, Broken):
+                raise SessionError(step.reply)
+            if isinstance(step, WriteContent):
+                await self.send_content(content)
+            else:
+                self.writer.write(b"".join(self.conn.send(c) for c in step.commands))
+            timeout = FINAL_TIMEOUT if transaction.awaiting_final else REPLY_TIMEOUT
+            step = transaction.answer((await self.response(timeout)).reply)
 
-    async def pipelined(self, mail: Mail, recipients: list[str], content: Payload) -> list[Reply]:
-        commands: list[Command] = [mail, *(Rcpt(r) for r in recipients), Data()]
-        self.writer.write(b"".join(self.conn.send(c) for c in commands))
-        replies = [(await self.response()).reply for _ in commands]
-        mail_reply, rcpt_replies, data_reply = replies[0], replies[1:-1], replies[-1]
-        if not mail_reply.is_positive:
-            await self.reset(data_reply)
-            return [mail_reply] * len(recipients)
-        return await self.finish(rcpt_replies, data_reply, content)
-
-    async def stepwise(self, mail: Mail, recipients: list[str], content: Payload) -> list[Reply]:
-        mail_reply = await self.command(mail)
-        if not mail_reply.is_positive:
-            await self.reset(None)
-            return [mail_reply] * len(recipients)
-        rcpt_replies = [await self.command(Rcpt(r)) for r in recipients]
-        if not any(r.is_positive for r in rcpt_replies):
-            await self.reset(None)
-            return rcpt_replies
-        return await self.finish(rcpt_replies, await self.command(Data()), content)
-
-    async def finish(self, rcpt_replies: list[Reply], data_reply: Reply, content: Payload) -> list[Reply]:
-        accepted = any(r.is_positive for r in rcpt_replies)
-        if data_reply.code != 354:
-            if data_reply.is_positive:
-                raise SessionError(Reply.of(451, "4.5.0 smart host accepted DATA without 354"))
-            await self.reset(None)
-            return [r if not r.is_positive else data_reply for r in rcpt_replies]
-        final = await self.send_content(content if accepted else b"")
-        if not accepted:
-            return rcpt_replies
-        return [r if not r.is_positive else final for r in rcpt_replies]
-
-    async def send_content(self, content: Payload) -> Reply:
+    async def send_content(self, content: Payload) -> None:
         """Send the content after 354; a file goes piece by piece."""
         if isinstance(content, bytes):
-            return await self.command(Message(content), FINAL_TIMEOUT)
+            self.writer.write(self.conn.send(Message(content)))
+            return
         while piece := content.read(CONTENT_PIECE):
             self.writer.write(self.conn.send(Content(piece)))
             await asyncio.wait_for(self.writer.drain(), FINAL_TIMEOUT)
-        return await self.command(Message(b""), FINAL_TIMEOUT)
-
-    async def reset(self, data_reply: Reply | None) -> None:
-        if data_reply is not None and data_reply.code == 354:
-            await self.command(Message(b""), FINAL_TIMEOUT)
-        reply = await self.command(Rset())
-        await self.expect_positive(reply)
+        self.writer.write(self.conn.send(Message(b"")))
 
     async def quit(self) -> None:
         try:
