@@ -117,6 +117,12 @@ async def serve(topo: Topology, roles: list[str], announce: Callable[[list[str]]
         loop.add_signal_handler(signum, stop.set)
     store = AsyncStore(lambda: open_store(topo.store))
     try:
+        try:
+            damage = await store.check()
+        except Exception as error:  # noqa: BLE001 - e.g. not a database at all
+            damage = str(error)
+        if damage != "ok":
+            raise StartError(f"network.store {topo.store}: damaged ({damage}); move it aside")
         running = await start(topo, roles, store, stop)
         announce(running.listening)
         tasks = [asyncio.ensure_future(job) for job in running.loops]

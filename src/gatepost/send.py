@@ -27,6 +27,7 @@ from gatepost.smtp.events import Reply
 from gatepost.store import (
     AsyncStore,
     Bounced,
+    DamagedMessage,
     Deferred,
     Job,
     NewMessage,
@@ -269,6 +270,11 @@ class SendSide:
             content = await self.payload(first)
         except KeyError:  # deleted (gatepost delete) since it was claimed: nothing to send
             log.info("%s: deleted while queued; not sent", first.message_id)
+            return []
+        except DamagedMessage as error:  # never send part of a message: set it aside
+            log.error("%s: damaged, put on hold (see mailq --state hold): %s",
+                      first.message_id, error)
+            await self.store.set_state([first.message_id], "hold", self.clock())
             return []
         await self.pace.wait()
         try:

@@ -30,13 +30,14 @@ from .base import (
 )
 from .ids import new_queue_id
 from .spool import SpoolWriter
-from .sqlite import SqliteStore
+from .sqlite import DamagedMessage, SqliteStore
 
 __all__ = [
     "ROUTER",
     "STATES",
     "AsyncStore",
     "Bounced",
+    "DamagedMessage",
     "Deferred",
     "Delivered",
     "Hop",

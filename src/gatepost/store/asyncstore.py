@@ -173,6 +173,9 @@ class AsyncStore:
     async def release_owner(self, queue: str, owner: str, now: float) -> int:
         return await self._call(lambda store: store.release_owner(queue, owner, now))
 
+    async def check(self) -> str:
+        return await self._call(lambda store: store.check())
+
     async def heartbeat(self, name: str, owner: str, now: float) -> None:
         await self._call(lambda store: store.heartbeat(name, owner, now))
 

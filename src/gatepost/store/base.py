@@ -235,6 +235,10 @@ class Store(Protocol):
         """Give back every job of `queue` leased by `owner` (it died)."""
         ...
 
+    def check(self) -> str:
+        """A quick check of the whole store: "ok", or what is damaged."""
+        ...
+
     def heartbeat(self, name: str, owner: str, now: float) -> None:
         """Record that worker `name` (e.g. "gateway:GW1") run by `owner` is alive."""
         ...

@@ -129,9 +129,9 @@ _QUEUE_START: QueueKey = (float("-inf"), "", -1)  # before every job
 _MAILBOX = """SELECT b.entry_id, b.message_id, m.sender, b.delivered, m.size
     FROM mailbox b JOIN messages m ON m.id = b.message_id
     WHERE b.mailbox = ? ORDER BY b.entry_id"""
-_MAILBOX_CONTENT = """SELECT m.content_file, m.content FROM mailbox b
+_MAILBOX_CONTENT = """SELECT m.content_file, m.content, m.size FROM mailbox b
     JOIN messages m ON m.id = b.message_id WHERE b.mailbox = ? AND b.entry_id = ?"""
-_CONTENT = "SELECT content_file, content FROM messages WHERE id = ?"
+_CONTENT = "SELECT content_file, content, size FROM messages WHERE id = ?"
 ORPHAN_GRACE = 3600.0  # seconds a spool file without a row may still await its commit
 _HOPS = """SELECT message_id, rcpt_id, address, at, event, postoffice, detail
     FROM hops WHERE message_id = ? ORDER BY id"""  # ids follow commit order
@@ -160,6 +160,10 @@ _PENDING = """SELECT
   + (SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'deferred' AND next_attempt <= ?2)"""
 _PURGE_JOBS = """DELETE FROM jobs WHERE state IN ('delivered', 'bounced') AND updated < ?
     RETURNING message_id"""
+
+
+class DamagedMessage(Exception):
+    """A message's content is not what was stored: it must not go out in part."""
 
 
 class SqliteStore:
@@ -269,6 +273,11 @@ class SqliteStore:
         with self._write() as conn:
             return conn.execute(_RELEASE_OWNER, (now, queue, owner)).rowcount
 
+    def check(self) -> str:
+        """SQLite's quick check of the whole file: "ok", or what is damaged."""
+        rows = self._conn.execute("PRAGMA quick_check").fetchall()
+        return "; ".join(str(row[0]) for row in rows[:5])
+
     def heartbeat(self, name: str, owner: str, now: float) -> None:
         with self._write() as conn:
             conn.execute(_HEARTBEAT, (name, owner, now))
@@ -320,10 +329,17 @@ class SqliteStore:
         return self._opened(row)
 
     def _opened(self, row: Row) -> BinaryIO:
-        """A (content_file, content) row's content, to read."""
-        if row[0] is None:
-            return io.BytesIO(row[1])
-        return (self.spool / str(row[0])).open("rb")
+        """A (content_file, content, size) row's content, to read; DamagedMessage
+        when it is not all there (a lost or cut spool file, a damaged row)."""
+        file, content, size = row
+        if file is None:
+            found = len(content)
+        else:
+            path = self.spool / str(file)
+            found = path.stat().st_size if path.is_file() else -1
+        if found != size:
+            raise DamagedMessage(f"content is {found} bytes, the message had {size}")
+        return io.BytesIO(content) if file is None else path.open("rb")
 
     def queue(
         self, states: Sequence[str] = (), limit: int = 1000, after: QueueKey | None = None
