@@ -6,6 +6,7 @@ exact bytes; the send side runs as `gatepost run --only router,gateway:GW1`."""
 from __future__ import annotations
 
 import re
+import contextlib
 import socket
 import sqlite3
 import threading
@@ -66,14 +67,17 @@ class RawSink:
             threading.Thread(target=self.serve, args=(sock,), daemon=True).start()
 
     def serve(self, sock: socket.socket) -> None:
+        with sock, contextlib.suppress(ConnectionError):  # a client may reset at the end
+            self.converse(sock)
+
+    def converse(self, sock: socket.socket) -> None:
         buffer, in_data = b"", False
-        with sock:
-            sock.sendall(b"220 sink.test ESMTP\r\n")
-            while chunk := sock.recv(65536):
-                with self.lock:
-                    self.wire += chunk
-                buffer += chunk
-                buffer, in_data = self.answer(sock, buffer, in_data)
+        sock.sendall(b"220 sink.test ESMTP\r\n")
+        while chunk := sock.recv(65536):
+            with self.lock:
+                self.wire += chunk
+            buffer += chunk
+            buffer, in_data = self.answer(sock, buffer, in_data)
 
     def answer(self, sock: socket.socket, buffer: bytes, in_data: bool) -> tuple[bytes, bool]:
         while True:
