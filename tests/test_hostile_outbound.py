@@ -5,8 +5,8 @@ exact bytes; the send side runs as `gatepost run --only router,gateway:GW1`."""
 
 from __future__ import annotations
 
-import re
 import contextlib
+import re
 import socket
 import sqlite3
 import threading
