@@ -26,7 +26,6 @@ from gatepost.store import (
     Moved,
     NewMessage,
     NewRecipient,
-    Released,
     SqliteStore,
     Store,
     open_store,
@@ -278,21 +277,6 @@ def test_bounced_is_final(store: Store) -> None:
     assert entry.last_reply == "550 no such user"
     assert store.claim(ROUTER, "w", 10, LEASE, now=1e9) == []
     assert store.hops(message_id)[-1].event == "bounced"
-
-
-def test_released_job_is_claimable_at_once(store: Store) -> None:
-    store.enqueue([message()], now=1.0)
-    job = claim_one(store, now=2.0, owner="a")
-    store.complete([Released(job)], now=3.0)
-    assert claim_one(store, now=3.0, owner="b").message_id == job.message_id
-
-
-def test_release_by_a_former_owner_leaves_the_new_lease(store: Store) -> None:
-    store.enqueue([message()], now=1.0)
-    stale = store.claim(ROUTER, "a", 1, 10.0, now=2.0)[0]
-    claim_one(store, now=20.0, owner="b")  # a's lease expired
-    store.complete([Released(stale)], now=21.0)
-    assert store.claim(ROUTER, "c", 10, LEASE, now=22.0) == []
 
 
 def test_late_outcome_never_undoes_a_final_state(store: Store) -> None:

@@ -24,7 +24,6 @@ from .base import (
     Outcome,
     QueueEntry,
     QueueKey,
-    Released,
     Store,
     send_queue,
 )
@@ -49,7 +48,6 @@ __all__ = [
     "Outcome",
     "QueueEntry",
     "QueueKey",
-    "Released",
     "SpoolWriter",
     "SqliteStore",
     "Store",

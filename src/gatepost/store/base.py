@@ -60,7 +60,7 @@ class Job:
     created: float  # when the message was enqueued (epoch seconds)
     first_attempt: float | None
     size: int
-    owner: str = ""  # lease owner that claimed it; lets Released skip a job re-leased elsewhere
+    owner: str = ""  # the lease owner that claimed it
     warned: bool = False  # the sender was already told that the message is delayed
 
 
@@ -94,14 +94,7 @@ class Bounced:
     relay: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Released:
-    """Give the job back unchanged (shutdown): claimable again at once."""
-
-    job: Job
-
-
-Outcome = Moved | Delivered | Deferred | Bounced | Released
+Outcome = Moved | Delivered | Deferred | Bounced
 
 # Where a queue listing resumes: (created, message_id, rcpt_id) of the last entry
 # seen. Keyset paging: a later page costs as little as the first, and entries that

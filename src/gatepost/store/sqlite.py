@@ -47,7 +47,6 @@ from .base import (
     Outcome,
     QueueEntry,
     QueueKey,
-    Released,
 )
 from .connect import begin, connect
 from .ids import QUEUE_IDS
@@ -94,9 +93,6 @@ _DEFERRED = f"""UPDATE jobs SET state = {_KEEP_HOLD.format("deferred")}, attempt
 _BOUNCED = f"""UPDATE jobs SET state = 'bounced', attempts = attempts + 1,
     first_attempt = COALESCE(first_attempt, ?), next_attempt = NULL, relay = ?,
     last_reply = ?, {_UNLEASE} {_KEY}"""
-_RELEASED = f"""UPDATE jobs SET state = 'incoming', next_attempt = NULL, {_UNLEASE}
-    WHERE message_id = ? AND rcpt_id = ? AND state = 'active' AND (? = '' OR lease_owner = ?)"""
-
 _ADMIN = {
     "hold": f"""UPDATE jobs SET state = 'hold', {_UNLEASE}
         WHERE message_id = ? AND state IN ('incoming', 'active', 'deferred')""",
@@ -458,9 +454,6 @@ def _apply(conn: sqlite3.Connection, outcome: Outcome, now: float) -> Row | None
     (the job is already final, or gone)."""
     job = outcome.job
     key = (job.message_id, job.rcpt_id)
-    if isinstance(outcome, Released):
-        conn.execute(_RELEASED, (now, *key, job.owner, job.owner))
-        return None
     if isinstance(outcome, Moved):
         changed = conn.execute(_MOVED, (outcome.to, outcome.queue, now, *key)).rowcount
         detail = f"from {job.location} to queue {outcome.queue}"
