@@ -188,15 +188,6 @@ def listening_ports(pid: int) -> set[int]:
     return ports
 
 
-def refused(port: int) -> bool:
-    """True when nothing accepts connections on 127.0.0.1:port."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return False
-    except ConnectionRefusedError:
-        return True
-
-
 class Deployment:
     """A rewritten topology run as separate `gatepost run --only ROLE` processes,
     one smtp-sink per sending gateway, inspected through the `gatepost` command."""

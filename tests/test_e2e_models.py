@@ -26,7 +26,6 @@ from support import (
     free_port,
     hostport,
     listening_ports,
-    refused,
     rewrite_example,
     sunk_subjects,
     toml_text,
@@ -239,10 +238,11 @@ def test_dedicated_gateways_keep_to_their_roles(deploy: Deploy, model: str) -> N
     data = net.data
     assert ": ok: " in net.cli("check")  # only a warning: the key is ignored
     net.start_all()
-    for name, port in spare.items():
+    for name in spare:
         process = net.processes[f"gateway:{name}"]
+        # Exact, unlike connecting to the port: a free port number may meanwhile be
+        # some other socket's (an ephemeral client port can even connect to itself).
         assert listening_ports(process.process.pid) == set(), name
-        assert refused(port), f"{name} accepts connections on its ignored listen address"
         assert "receive side" not in process.output(), process.output()
 
     # Relay from a local sender, through every receive-only gateway, to the outside.
