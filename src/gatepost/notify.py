@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gatepost import policy
 from gatepost.store import Job, NewMessage, NewRecipient
-from gatepost.topology import Native, Topology, UnknownMailbox, lookup, to_smtp
+from gatepost.topology import Native, Topology, sender_native, to_smtp
 
 
 def report(
@@ -19,11 +19,8 @@ def report(
     sender's mailbox when the sender is local, else out through a gateway."""
     if not job.sender:
         return None
-    try:
-        native = lookup(topo, job.sender)
-    except UnknownMailbox:
-        native = None
     where = job.location
+    native = sender_native(topo, job.sender, where)
     postmaster = postmaster_address(topo, where)
     about = policy.Report(mta_name(topo, where), postmaster, job.sender, job.created, original)
     content = policy.dsn(about, failures, now)

@@ -38,7 +38,14 @@ from gatepost.smtp.replies import TALKED_FIRST, TIMED_OUT, TOO_MANY_CONNECTIONS
 from gatepost.smtp.server import Limits, ServerConnection
 from gatepost.smtp.table import State
 from gatepost.store import AsyncStore, NewMessage, NewRecipient, new_queue_id
-from gatepost.topology import AddressError, Gateway, Topology, UnknownMailbox, lookup
+from gatepost.topology import (
+    AddressError,
+    Gateway,
+    Topology,
+    UnknownMailbox,
+    lookup,
+    sender_native,
+)
 from gatepost.topology.model import Limits as TopologyLimits
 
 from .guard import Admission, Deadlines, Pace
@@ -354,8 +361,5 @@ def relay_allowed(peer: str, gateway: Gateway) -> bool:
 def origin_of(topo: Topology, sender: str, fallback: str) -> str:
     """The postoffice whose gateway group carries this message's outbound mail:
     the sender's own postoffice when the sender is one of ours."""
-    try:
-        native = lookup(topo, sender) if sender else None
-    except UnknownMailbox:
-        native = None
+    native = sender_native(topo, sender, fallback)
     return native.postoffice if native is not None else fallback

@@ -11,11 +11,11 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import click
 
-from gatepost.store import STATES, Hop, QueueEntry, QueueKey, Store
+from gatepost.store import STATES, Hop, QueueEntry, QueueKey, Store, read_head
 from gatepost.topology import Topology
 
 Row = dict[str, Any]
@@ -37,7 +37,7 @@ def mailbox_rows(store: Store, mailbox: str) -> list[Row]:
     parser = email.parser.BytesHeaderParser(policy=email.policy.default)
     rows = []
     for entry in store.mailbox(mailbox):
-        headers = parser.parsebytes(head(store.open_mailbox_content(mailbox, entry.entry_id)))
+        headers = parser.parsebytes(read_head(store.open_mailbox_content(mailbox, entry.entry_id)))
         rows.append({
             "id": entry.entry_id,
             "queue_id": entry.message_id,
@@ -49,14 +49,6 @@ def mailbox_rows(store: Store, mailbox: str) -> list[Row]:
             "size": entry.size,
         })
     return rows
-
-
-def head(content: BinaryIO | None, limit: int = 64 * 1024) -> bytes:
-    """The start of a message, enough for its header (a large one is never read whole)."""
-    if content is None:
-        return b""
-    with content:
-        return content.read(limit)
 
 
 def mailbox_table(rows: list[Row]) -> str:

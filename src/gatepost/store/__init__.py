@@ -28,7 +28,7 @@ from .base import (
     send_queue,
 )
 from .ids import new_queue_id
-from .spool import SpoolWriter
+from .spool import SpoolWriter, read_head
 from .sqlite import DamagedMessage, SqliteStore
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "Store",
     "new_queue_id",
     "open_store",
+    "read_head",
     "send_queue",
 ]
 

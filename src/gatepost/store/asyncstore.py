@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from .base import Hop, Job, MailboxEntry, NewMessage, Outcome, QueueEntry, QueueKey, Store
+from .spool import read_head
 
 T = TypeVar("T")
 Waiting = tuple[NewMessage, "asyncio.Future[str]"]
@@ -126,14 +127,9 @@ class AsyncStore:
     async def content(self, message_id: str) -> bytes:
         return await self._call(lambda store: store.content(message_id))
 
-    async def content_head(self, message_id: str, limit: int = 65536) -> bytes:
-        """The first `limit` bytes of a message (its headers, for a report)."""
-
-        def head(store: Store) -> bytes:
-            with store.open_content(message_id) as file:
-                return file.read(limit)
-
-        return await self._call(head)
+    async def content_head(self, message_id: str) -> bytes:
+        """The start of a message (its header, for a report)."""
+        return await self._call(lambda store: read_head(store.open_content(message_id)))
 
     async def open_content(self, message_id: str) -> BinaryIO:
         return await self._call(lambda store: store.open_content(message_id))

@@ -75,3 +75,15 @@ def orphans(folder: Path, known: set[str], older_than: float) -> Iterator[Path]:
 def remove(folder: Path, names: list[str]) -> None:
     for name in names:
         (folder / name).unlink(missing_ok=True)
+
+
+HEAD = 64 * 1024  # enough of a message for its header
+
+
+def read_head(content: BinaryIO | None, limit: int = HEAD) -> bytes:
+    """The start of a message (its header), and close it; b"" for None.
+    A large message is never read whole for this."""
+    if content is None:
+        return b""
+    with content:
+        return content.read(limit)

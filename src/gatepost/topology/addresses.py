@@ -134,14 +134,18 @@ def _parse_native(topo: Topology, text: str) -> Native:
 
 
 def sender_native(topo: Topology, reverse_path: str, postoffice: str) -> Native | None:
-    """The native sender for a reverse path; "" (null sender) is `postoffice`'s postmaster.
+    """The local mailbox a reverse path belongs to, or None when it is none of
+    ours; "" (null sender) is `postoffice`'s postmaster.
 
     Mapping the null sender to a postmaster mailbox (never back to <>) keeps
     bounces of bounces from looping.
     """
     if reverse_path in ("", "<>"):
         return Native(postoffice, POSTMASTER)
-    return lookup(topo, reverse_path)
+    try:
+        return lookup(topo, reverse_path)
+    except AddressError:  # our domain, but no such mailbox: not one of ours either
+        return None
 
 
 def outbound_sender(topo: Topology, n: Native) -> str:
