@@ -14,8 +14,8 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gatepost.guard import Deadlines
 from gatepost.receive import ReceiveSide
+from gatepost.receive.guard import Deadlines
 from gatepost.store import AsyncStore, Store, open_store
 from gatepost.topology import HostPort, Topology, load
 

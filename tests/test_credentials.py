@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gatepost.credentials import MissingSecret, login, password
+from gatepost.send.credentials import MissingSecret, login, password
 from gatepost.topology.model import Gateway
 
 

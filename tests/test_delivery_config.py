@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gatepost import policy
-from gatepost.relays import Gate, Pace, Relays
+from gatepost.send.relays import Gate, Pace, Relays
 from gatepost.topology import check
 from gatepost.topology.model import Delivery, HostPort
 from gatepost.topology.options import parse_duration

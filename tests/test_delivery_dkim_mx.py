@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gatepost.mx import MxResolver
+from gatepost.send.mx import MxResolver
 from gatepost.topology.model import HostPort
 from scripted import ALICE, DnsServer, Harness, ScriptedHost
 

@@ -4,7 +4,7 @@ close_with (timeouts, early talkers)."""
 
 from __future__ import annotations
 
-from gatepost.guard import Admission, Deadlines, Pace
+from gatepost.receive.guard import Admission, Deadlines, Pace
 from gatepost.smtp.events import (
     NEED_DATA,
     ConnectionClosed,

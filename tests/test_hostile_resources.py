@@ -10,7 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-from gatepost.guard import Deadlines
+from gatepost.receive.guard import Deadlines
 from gatepost.topology.model import Limits
 from hostile import ALICE, OUTSIDE, Client, Receiver, served_next, topology
 from support import wait_for

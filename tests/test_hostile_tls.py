@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from gatepost.guard import Deadlines
+from gatepost.receive.guard import Deadlines
 from hostile import ALICE, OUTSIDE, Client, Receiver, served_next, topology
 
 READY = "220 2.0.0 Ready to start TLS"

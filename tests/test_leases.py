@@ -7,8 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gatepost import leases
-from gatepost.store import ROUTER, AsyncStore, NewMessage, NewRecipient, SqliteStore
+from gatepost.store import ROUTER, AsyncStore, NewMessage, NewRecipient, SqliteStore, leases
 
 
 def dead_pid() -> int:

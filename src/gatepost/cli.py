@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from gatepost import submit, views
-from gatepost.deliverylog import FORMAT_VARIABLE
+from gatepost.send.deliverylog import FORMAT_VARIABLE
 from gatepost.store import STATES, QueueKey, Store, open_store
 from gatepost.topology import (
     AddressError,

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from gatepost import leases, notify, policy
+from gatepost import notify, policy
 from gatepost.store import (
     ROUTER,
     AsyncStore,
@@ -23,10 +23,11 @@ from gatepost.store import (
     Moved,
     NewMessage,
     Outcome,
+    leases,
     send_queue,
 )
+from gatepost.store.waiting import idle
 from gatepost.topology import NoRoute, Topology, outbound_gateway, path
-from gatepost.waiting import idle
 
 log = logging.getLogger("gatepost.router")
 

@@ -15,8 +15,8 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from gatepost.capture import Capture
 from gatepost.receive import ReceiveSide
+from gatepost.receive.capture import Capture
 from gatepost.router import Router
 from gatepost.send import SendSide
 from gatepost.store import AsyncStore, open_store

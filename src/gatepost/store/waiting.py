@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from gatepost.store import AsyncStore
+from .asyncstore import AsyncStore
 
 POLL = 0.05  # seconds between read-only looks at the queue when nothing woke us
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from gatepost.credentials import Login
+from gatepost.send.credentials import Login
 from gatepost.smtp.client import ClientConnection, auth_login, auth_plain
 from gatepost.smtp.events import (
     NEED_DATA,

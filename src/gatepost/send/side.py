@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import TypeVar
 
-from gatepost import credentials, deliverylog, leases, notify, policy
-from gatepost.mx import MxResolver, NoMailHost
-from gatepost.outbound import Outbound, Payload, Security, SessionError, client_context, defer
-from gatepost.relays import Gate, Pace, Relays
-from gatepost.signing import Signer
+from gatepost import notify, policy
+from gatepost.send import credentials, deliverylog
+from gatepost.send.mx import MxResolver, NoMailHost
+from gatepost.send.outbound import Outbound, Payload, Security, SessionError, client_context, defer
+from gatepost.send.relays import Gate, Pace, Relays
+from gatepost.send.signing import Signer
 from gatepost.smtp.events import Reply
 from gatepost.store import (
     AsyncStore,
@@ -32,11 +33,12 @@ from gatepost.store import (
     Job,
     NewMessage,
     Outcome,
+    leases,
     send_queue,
 )
+from gatepost.store.waiting import idle, wait_any
 from gatepost.topology import Gateway, Topology
 from gatepost.topology.model import HostPort
-from gatepost.waiting import idle, wait_any
 
 T = TypeVar("T")
 log = logging.getLogger("gatepost.send")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 
-from gatepost.store import AsyncStore
+from .asyncstore import AsyncStore
 
 HOST = socket.gethostname()
 
