@@ -74,7 +74,11 @@ class Gatepost:
             [sys.executable, "-m", "gatepost", "-c", str(config), "run", *args],
             stdout=self.handle, stderr=subprocess.STDOUT,
         )
-        wait_for(self.ready, 30, f"gatepost {args} to be ready")
+        try:
+            wait_for(self.ready, 60, f"gatepost {args} to be ready")
+        except BaseException:
+            self.stop()  # a failing test leaves no process behind
+            raise
 
     def ready(self) -> bool:
         if self.process.poll() is not None:
@@ -111,7 +115,11 @@ class Sink:
             [*command, f"127.0.0.1:{port}", "256"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        wait_port(port)
+        try:
+            wait_port(port)
+        except BaseException:
+            self.stop()
+            raise
 
     def messages(self) -> list[bytes]:
         return [p.read_bytes() for p in sorted(self.directory.iterdir()) if p.is_file()]
@@ -220,10 +228,19 @@ class Deployment:
         return self.sinks[gateway]
 
     def start(self, *roles: str) -> None:
-        """Start one process per role, concurrently; returns once all are ready."""
+        """Start one process per role, concurrently; returns once all are ready.
+        When one fails to start, the others are stopped before the error is raised."""
         with _Pool(len(roles)) as pool:
-            started = list(pool.map(lambda role: Gatepost(self.config, "--only", role), roles))
-        self.processes.update(zip(roles, started))
+            futures = {role: pool.submit(Gatepost, self.config, "--only", role) for role in roles}
+        failures = []
+        for role, future in futures.items():
+            try:
+                self.processes[role] = future.result()
+            except BaseException as error:  # noqa: BLE001 - re-raised below
+                failures.append(error)
+        if failures:
+            self.close()
+            raise failures[0]
 
     def start_all(self) -> None:
         for gateway in self.senders():

@@ -21,7 +21,7 @@ import click
 
 from gatepost import submit, views
 from gatepost.send.deliverylog import FORMAT_VARIABLE
-from gatepost.store import STATES, QueueKey, Store, open_store
+from gatepost.store import STATES, QueueKey, Store, StoreDamaged, open_store
 from gatepost.topology import (
     AddressError,
     Native,
@@ -93,8 +93,10 @@ def address(topo: Topology, text: str) -> Native | str:
 
 @main.command("check")
 @config_option
-def check_command(config: Path | None) -> None:
-    """Validate the topology file; exit 0 when valid, 2 when not."""
+@click.option("--store", "whole_store", is_flag=True,
+              help="Also read the whole store and check every page (slow on a large store).")
+def check_command(config: Path | None, whole_store: bool) -> None:
+    """Validate the topology file (and the store); exit 0 when valid, 2 when not."""
     path = config_path(config)
     topo, errors, warnings = check(path)
     for problem in errors:
@@ -107,6 +109,20 @@ def check_command(config: Path | None) -> None:
         f"{path}: ok: network {topo.name}, {len(topo.postoffices)} postoffices, "
         f"{len(topo.gateways)} gateways"
     )
+    if whole_store:
+        check_store(topo)
+
+
+def check_store(topo: Topology) -> None:
+    try:
+        with opened(topo) as store:
+            damage = store.check()
+    except StoreDamaged as error:
+        damage = str(error)
+    if damage != "ok":
+        click.echo(f"error: network.store {topo.store}: damaged ({damage})", err=True)
+        sys.exit(2)
+    click.echo(f"network.store {topo.store}: ok")
 
 
 @main.command("run")

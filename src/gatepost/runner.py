@@ -19,7 +19,7 @@ from gatepost.receive import ReceiveSide
 from gatepost.receive.capture import Capture
 from gatepost.router import Router
 from gatepost.send import SendSide
-from gatepost.store import AsyncStore, open_store
+from gatepost.store import AsyncStore, StoreDamaged, open_store
 from gatepost.topology import Topology
 
 log = logging.getLogger("gatepost.run")
@@ -110,6 +110,18 @@ async def start(topo: Topology, roles: list[str], store: AsyncStore, stop: async
     return running
 
 
+async def opening(store: AsyncStore, url: str) -> None:
+    """Open the store and read its schema version, waiting while other processes
+    hold it; the whole-file check is `gatepost check --store`'s, not every start's."""
+    try:
+        await store.version()
+    except StoreDamaged as error:
+        raise StartError(f"network.store {url}: damaged ({error}); move it aside"
+                         " (gatepost check --store tells more)") from error
+    except Exception as error:
+        raise StartError(f"network.store {url}: cannot open: {error}") from error
+
+
 async def serve(topo: Topology, roles: list[str], announce: Callable[[list[str]], None]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,12 +129,7 @@ async def serve(topo: Topology, roles: list[str], announce: Callable[[list[str]]
         loop.add_signal_handler(signum, stop.set)
     store = AsyncStore(lambda: open_store(topo.store))
     try:
-        try:
-            damage = await store.check()
-        except Exception as error:  # noqa: BLE001 - e.g. not a database at all
-            damage = str(error)
-        if damage != "ok":
-            raise StartError(f"network.store {topo.store}: damaged ({damage}); move it aside")
+        await opening(store, topo.store)
         running = await start(topo, roles, store, stop)
         announce(running.listening)
         tasks = [asyncio.ensure_future(job) for job in running.loops]

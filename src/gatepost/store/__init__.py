@@ -27,6 +27,7 @@ from .base import (
     Store,
     send_queue,
 )
+from .connect import StoreDamaged
 from .ids import new_queue_id
 from .spool import SpoolWriter, read_head
 from .sqlite import DamagedMessage, SqliteStore
@@ -51,6 +52,7 @@ __all__ = [
     "SpoolWriter",
     "SqliteStore",
     "Store",
+    "StoreDamaged",
     "new_queue_id",
     "open_store",
     "read_head",

@@ -172,6 +172,9 @@ class AsyncStore:
     async def check(self) -> str:
         return await self._call(lambda store: store.check())
 
+    async def version(self) -> int:
+        return await self._call(lambda store: store.version())
+
     async def heartbeat(self, name: str, owner: str, now: float) -> None:
         await self._call(lambda store: store.heartbeat(name, owner, now))
 

@@ -229,7 +229,12 @@ class Store(Protocol):
         ...
 
     def check(self) -> str:
-        """A quick check of the whole store: "ok", or what is damaged."""
+        """A quick check of the whole store: "ok", or what is damaged. Reads every
+        page (seconds on a large store): for `gatepost check --store`, not for start."""
+        ...
+
+    def version(self) -> int:
+        """The schema version (opening the store checked and migrated it)."""
         ...
 
     def heartbeat(self, name: str, owner: str, now: float) -> None:

@@ -102,12 +102,12 @@ def migrate(conn: sqlite3.Connection) -> int:
     """Bring the schema to VERSION; returns the version found before.
     `conn` must be in autocommit mode (isolation_level=None). A file already
     at VERSION is only read: opening a store takes no write lock."""
-    found = _version(conn)
+    found = version(conn)
     if found == VERSION:
         return found
     conn.execute("BEGIN IMMEDIATE")
     try:
-        found = _version(conn)
+        found = version(conn)
         if found > VERSION:
             raise RuntimeError(f"store schema version {found} is newer than this code ({VERSION})")
         for statements in MIGRATIONS[found:]:
@@ -121,5 +121,5 @@ def migrate(conn: sqlite3.Connection) -> int:
     return found
 
 
-def _version(conn: sqlite3.Connection) -> int:
+def version(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])

@@ -48,7 +48,7 @@ from .base import (
     QueueEntry,
     QueueKey,
 )
-from .connect import begin, connect
+from .connect import begin, opened
 from .ids import QUEUE_IDS
 
 NON_FINAL = ("incoming", "active", "deferred", "hold")
@@ -168,8 +168,7 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.spool = spool.folder_of(self.path)
-        self._conn = connect(self.path)
-        schema.migrate(self._conn)
+        self._conn = opened(self.path, schema.migrate)
 
     @contextmanager
     def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -273,6 +272,9 @@ class SqliteStore:
         """SQLite's quick check of the whole file: "ok", or what is damaged."""
         rows = self._conn.execute("PRAGMA quick_check").fetchall()
         return "; ".join(str(row[0]) for row in rows[:5])
+
+    def version(self) -> int:
+        return schema.version(self._conn)
 
     def heartbeat(self, name: str, owner: str, now: float) -> None:
         with self._write() as conn:
