@@ -6,7 +6,8 @@ migrate once. Must not know: how the tables are queried (that is
 `sqlite.py`), or anything about mail beyond column names.
 
 Tables:
-  messages  one row per message: envelope sender, content (written once), origin;
+  messages  one row per message: envelope sender, content (written once), origin,
+            hops (counted on entry, so that loops end);
             large content lives in a spool file (`spool.py`) the row names.
   jobs      one row per (message, recipient): where it waits (`location`), who
             handles it next (`queue`), its state, retry times and lease.
@@ -92,9 +93,12 @@ _V1 = (
 _V2 = ("""CREATE INDEX jobs_by_state ON jobs (state, created, message_id, rcpt_id)""",)
 # The sender was told once that the message is delayed (a delay DSN went out).
 _V3 = ("""ALTER TABLE messages ADD COLUMN warned INTEGER NOT NULL DEFAULT 0""",)
+# Hops the message made before it entered the network (Received and Delivered-To
+# header fields), carried on (+1) by copies the network re-sends: loops end.
+_V4 = ("""ALTER TABLE messages ADD COLUMN hops INTEGER NOT NULL DEFAULT 0""",)
 
 # MIGRATIONS[n] takes a file from user_version n to n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 VERSION = len(MIGRATIONS)
 
 
