@@ -427,3 +427,107 @@ def test_limits_errors_are_named_by_key(tmp_path: Path) -> None:
     errors, _ = findings(tmp_path, variant(extra=extra))
     keys = {problem.key for problem in errors}
     assert keys == {"limits.max_recipients", "limits.command_timeout", "limits.speed"}
+
+
+# ---- mail loops: the hop limit, and smart hosts that hand mail straight back ----
+
+
+def test_hopcount_limit_is_50_unless_set(tmp_path: Path) -> None:
+    assert load(write(tmp_path, BASE)).limits.hopcount_limit == 50
+    topo = load(write(tmp_path, variant(extra="\n[limits]\nhopcount_limit = 10\n")))
+    assert topo.limits.hopcount_limit == 10
+
+
+@pytest.mark.parametrize("value", ["0", "-3", '"50"', "true", "2.5"])
+def test_bad_hopcount_limit_is_named_by_key(tmp_path: Path, value: str) -> None:
+    errors, _ = findings(tmp_path, variant(extra=f"\n[limits]\nhopcount_limit = {value}\n"))
+    assert [(p.key, p.message) for p in errors] == [
+        ("limits.hopcount_limit", "must be a whole number of at least 1")
+    ]
+
+
+def gateway(name: str, postoffice: str, role: str, **keys: str) -> str:
+    lines = [f"[gateways.{name}]", f'postoffice = "{postoffice}"', f'role = "{role}"']
+    lines += [f"{key} = {value}" for key, value in keys.items()]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+# GW1 listens on 127.0.0.1:2525; each case adds or changes a smart host.
+LOOPS = [
+    (  # two gateways, each the other's smart host
+        variant(
+            ('serves = ["HQ", "SALES"]', 'serves = ["HQ"]'),
+            extra=gateway("GW2", "SALES", "both", listen='"127.0.0.1:2600"',
+                          smarthost='"127.0.0.1:2525"', serves='["SALES"]'),
+        ).replace('smarthost = "127.0.0.1:2526"', 'smarthost = "127.0.0.1:2600"'),
+        {"gateways.GW1.smarthost": "gateways.GW2", "gateways.GW2.smarthost": "gateways.GW1"},
+    ),
+    (  # the second of several smart hosts; a send gateway
+        variant(
+            ('serves = ["HQ", "SALES"]', 'serves = ["HQ"]'),
+            extra=gateway("GW2", "SALES", "send", serves='["SALES"]',
+                          smarthosts='["relay.example:25", "localhost:2525"]'),
+        ),
+        {"gateways.GW2.smarthosts[1]": "gateways.GW1"},
+    ),
+    (  # its own listen address
+        variant(('listen = "127.0.0.1:2525"', 'listen = "127.0.0.1:2526"')),
+        {"gateways.GW1.smarthost": "gateways.GW1 (this gateway)"},
+    ),
+    (  # a wildcard listen address, reached over loopback
+        variant(
+            ('listen = "127.0.0.1:2525"', 'listen = "0.0.0.0:2525"'),
+            ('smarthost = "127.0.0.1:2526"', 'smarthost = "[::1]:2525"'),
+        ),
+        {"gateways.GW1.smarthost": "gateways.GW1 (this gateway)"},
+    ),
+    (
+        variant(
+            ('listen = "127.0.0.1:2525"', 'listen = "[::]:2525"'),
+            ('smarthost = "127.0.0.1:2526"', 'smarthost = "127.0.0.1:2525"'),
+        ),
+        {"gateways.GW1.smarthost": "gateways.GW1 (this gateway)"},
+    ),
+    (
+        variant(('smarthost = "127.0.0.1:2526"', 'smarthost = "localhost:2525"')),
+        {"gateways.GW1.smarthost": "gateways.GW1 (this gateway)"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), LOOPS)
+def test_smart_host_that_is_a_listen_address_is_refused(
+    tmp_path: Path, text: str, expected: dict[str, str]
+) -> None:
+    errors, _ = findings(tmp_path, text)
+    loops = {p.key: p.message for p in errors if "mail loop" in p.message}
+    assert set(loops) == set(expected), errors
+    for key, owner in expected.items():
+        assert f"is the listen address of {owner}: a mail loop" in loops[key]
+
+
+NOT_LOOPS = [
+    # the capture sink is the local smart host by design
+    variant(
+        ('smarthost = "127.0.0.1:2526"', 'smarthost = "127.0.0.1:2599"'),
+        extra='[capture]\nlisten = "127.0.0.1:2599"\n',
+    ),
+    # another loopback address, another port, a send gateway's ignored listen
+    variant(('smarthost = "127.0.0.1:2526"', 'smarthost = "127.0.0.2:2525"')),
+    variant(('smarthost = "127.0.0.1:2526"', 'smarthost = "localhost:2526"')),
+    variant(
+        ('serves = ["HQ", "SALES"]', 'serves = ["HQ"]'),
+        ('smarthost = "127.0.0.1:2526"', 'smarthost = "127.0.0.1:2600"'),
+        extra=gateway("GW2", "SALES", "send", listen='"127.0.0.1:2600"',
+                      smarthost='"relay.example:25"', serves='["SALES"]'),
+    ),
+    # a receive gateway's ignored smart host
+    variant(extra=gateway("GW2", "SALES", "receive", listen='"127.0.0.1:2600"',
+                          smarthost='"127.0.0.1:2525"')),
+]
+
+
+@pytest.mark.parametrize("text", NOT_LOOPS)
+def test_smart_host_that_is_no_listen_address_is_accepted(tmp_path: Path, text: str) -> None:
+    errors, _ = findings(tmp_path, text)
+    assert errors == []

@@ -1,13 +1,16 @@
 """Checks of a topology that need all of it: mailbox clashes, gateway roles and
-postoffices, listen-address clashes, which postoffices are served, and whether
-mail can reach where it must. Pure: reads the loaded model, reports findings.
+postoffices, listen-address clashes, smart hosts that are a listen address of
+the topology (mail loops), which postoffices are served, and whether mail can
+reach where it must. Pure: reads the loaded model, reports findings; it
+resolves no host name and knows no address of the machine beyond loopback.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
-from gatepost.topology.model import HostPort, Problem, Topology
+from gatepost.topology.model import Gateway, HostPort, Problem, Topology
 from gatepost.topology.routes import NoRoute, path
 
 
@@ -42,6 +45,7 @@ class Crosscheck:
         self._gateway_roles()
         self._shared_gateway_postoffices()
         self._listen_clashes()
+        self._smarthost_loops()
         self._coverage()
         self._inbound_reach()
 
@@ -86,8 +90,6 @@ class Crosscheck:
                 self.f.warn(f"{key}.listen", "ignored: a send gateway does not receive")
             if not gw.sends and gw.serves:
                 self.f.warn(f"{key}.serves", "ignored: a receive gateway carries no outbound mail")
-            if gw.sends and gw.receives and gw.listen and gw.listen in gw.smarthosts:
-                self.f.error(f"{key}.smarthost", "is this gateway's own listen address (mail loop)")
 
     def _shared_gateway_postoffices(self) -> None:
         first: dict[str, str] = {}
@@ -116,6 +118,24 @@ class Crosscheck:
                 self.f.error(key, f"listen address {address} is already used by {owner}")
                 break
         taken.setdefault(address, key)
+
+    def _smarthost_loops(self) -> None:
+        """A smart host that is a receiving gateway's listen address hands mail
+        straight back: it would loop until the hop limit ends it."""
+        listens = [
+            (gw.listen, f"gateways.{gw.name}")
+            for gw in self.topo.gateways.values()
+            if gw.receives and gw.listen is not None and gw.listen.port != 0
+        ]
+        for gw in self.topo.gateways.values():
+            if not gw.sends:
+                continue
+            for key, host in _smarthost_keys(gw):
+                owner = next((o for listen, o in listens if _reaches(host, listen)), None)
+                if owner is not None:
+                    mine = " (this gateway)" if owner == f"gateways.{gw.name}" else ""
+                    self.f.error(key, f"{host} is the listen address of {owner}{mine}: "
+                                 "a mail loop (mail sent there comes back)")
 
     def _coverage(self) -> None:
         served: set[str] = set()
@@ -153,6 +173,42 @@ def _same_socket(a: HostPort, b: HostPort) -> bool:
     a_host, b_host = hosts.get(a.host, a.host), hosts.get(b.host, b.host)
     wildcard = {"0.0.0.0", "::"}
     return a.port == b.port and (a_host == b_host or bool({a_host, b_host} & wildcard))
+
+
+def _smarthost_keys(gw: Gateway) -> list[tuple[str, HostPort]]:
+    """Each smart host with its key: `smarthost` for one, `smarthosts[i]` for several."""
+    key = f"gateways.{gw.name}"
+    if len(gw.smarthosts) == 1:
+        return [(f"{key}.smarthost", gw.smarthosts[0])]
+    return [(f"{key}.smarthosts[{i}]", host) for i, host in enumerate(gw.smarthosts)]
+
+
+def _reaches(target: HostPort, listen: HostPort) -> bool:
+    """Would connecting to `target` reach a server listening on `listen`? Same
+    port, and the same host, or loopback on both sides ("localhost" is loopback),
+    or a wildcard listen address (0.0.0.0, ::) and a loopback or wildcard target.
+    Other addresses of the machine are not known here: they never match."""
+    if target.port != listen.port:
+        return False
+    if target.host == listen.host:
+        return True
+    kinds = (_kind(target.host), _kind(listen.host))
+    if kinds == ("loopback", "loopback"):
+        return "localhost" in (target.host, listen.host)
+    return kinds[1] == "wildcard" and kinds[0] in ("loopback", "wildcard")
+
+
+def _kind(host: str) -> str:
+    """"loopback" (localhost, 127/8, ::1), "wildcard" (0.0.0.0, ::), or "other"."""
+    if host == "localhost":
+        return "loopback"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "other"
+    if address.is_unspecified:
+        return "wildcard"
+    return "loopback" if address.is_loopback else "other"
 
 
 def _reachable(topo: Topology, src: str, dst: str) -> bool:

@@ -137,7 +137,7 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Receive-side limits ([limits])."""
+    """Receive-side limits ([limits]); the hop limit holds inside the network too."""
 
     max_message_size: int = 35_000_000
     max_recipients: int = 1000
@@ -148,6 +148,7 @@ class Limits:
     data_timeout: float = 120.0  # DATA may take this long for any message...
     data_rate: int = 1024  # ...plus one second per this many bytes received
     greet_wait: float = 0.0  # pause before the greeting; a client talking first gets 554
+    hopcount_limit: int = 50  # Received + Delivered-To fields at which mail is refused (a loop)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ SECRET_KEYS = ("password", "auth_password", "secret")
 DELIVERY_KEYS = ("retry_min", "retry_max", "warn_after", "lifetime")
 DKIM_KEYS = ("domain", "selector", "key_file")
 LIMIT_COUNTS = ("max_message_size", "max_recipients", "max_connections",
-                "max_connections_per_client", "data_rate")
+                "max_connections_per_client", "data_rate", "hopcount_limit")
 LIMIT_DURATIONS = ("idle_timeout", "command_timeout", "data_timeout", "greet_wait")
 LIMITS_KEYS = LIMIT_COUNTS + LIMIT_DURATIONS
 MX = "mx"  # `smarthost = "mx"`: deliver to the recipient domains' MX hosts
