@@ -127,12 +127,15 @@ class Capture:
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """Retry and notification timing ([delivery]), in seconds."""
+    """Retry and notification timing, and how long finished mail and its
+    trace are kept ([delivery]), in seconds."""
 
     retry_min: float = 60.0
     retry_max: float = 3600.0
     warn_after: float = 4 * 3600.0  # delay notification to the sender
     lifetime: float = 5 * 24 * 3600.0  # bounce what is still undelivered
+    final_retention: float = 7 * 24 * 3600.0  # delivered and bounced mail stays listed
+    trace_retention: float = 30 * 24 * 3600.0  # `gatepost trace` history of each recipient
 
 
 @dataclass(frozen=True, slots=True)

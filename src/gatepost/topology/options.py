@@ -31,7 +31,8 @@ SEND_KEYS = (
     "resolver", "mx_port", "dkim", "tls_cert", "tls_key",
 )
 SECRET_KEYS = ("password", "auth_password", "secret")
-DELIVERY_KEYS = ("retry_min", "retry_max", "warn_after", "lifetime")
+DELIVERY_KEYS = ("retry_min", "retry_max", "warn_after", "lifetime", "final_retention",
+                 "trace_retention")
 DKIM_KEYS = ("domain", "selector", "key_file")
 LIMIT_COUNTS = ("max_message_size", "max_recipients", "max_connections",
                 "max_connections_per_client", "data_rate", "hopcount_limit")
