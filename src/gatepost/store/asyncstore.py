@@ -192,8 +192,10 @@ class AsyncStore:
     async def renew(self, jobs: Sequence[Job], until: float) -> int:
         return await self._call(lambda store: store.renew(jobs, until))
 
-    async def purge(self, before: float) -> int:
-        return await self._call(lambda store: store.purge(before))
+    async def purge(
+        self, before: float, now: float | None = None, traces_before: float | None = None
+    ) -> int:
+        return await self._call(lambda store: store.purge(before, now, traces_before))
 
     async def aclose(self) -> None:
         """Commit what is waiting, close the store on its thread, stop the thread."""

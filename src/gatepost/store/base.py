@@ -264,9 +264,14 @@ class Store(Protocol):
         """Extend the leases of jobs their owner still holds; returns how many."""
         ...
 
-    def purge(self, before: float) -> int:
-        """Forget final (delivered/bounced) jobs last changed before `before`,
-        and messages nothing refers to any more; returns jobs removed."""
+    def purge(
+        self, before: float, now: float | None = None, traces_before: float | None = None
+    ) -> int:
+        """Forget final (delivered/bounced) jobs last changed before `before`, and
+        messages nothing refers to any more; trace rows (`hops`) recorded before
+        `traces_before` (default: `before`); and content a crash left behind that
+        no message names, once it is an hour older than `now` (default: the time
+        now). Deletes in bounded transactions; returns jobs removed."""
         ...
 
     def close(self) -> None: ...

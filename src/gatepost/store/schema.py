@@ -15,7 +15,8 @@ Tables:
             `created` is copied from the message so one index serves claims.
   mailbox   one row per delivery into a "PO/mailbox"; points at the message.
   hops      the history of each recipient: received, moved, delivered, ...
-            Kept without a foreign key so history survives a deleted message.
+            Kept without a foreign key so history survives a deleted message,
+            until the trace retention runs out (`hops_by_time`, version 5).
   workers   one row per running worker ("gateway:GW1"): its last heartbeat, so
             the router can tell a gateway that stopped from one that runs.
 
@@ -96,9 +97,12 @@ _V3 = ("""ALTER TABLE messages ADD COLUMN warned INTEGER NOT NULL DEFAULT 0""",)
 # Hops the message made before it entered the network (Received and Delivered-To
 # header fields), carried on (+1) by copies the network re-sends: loops end.
 _V4 = ("""ALTER TABLE messages ADD COLUMN hops INTEGER NOT NULL DEFAULT 0""",)
+# Trace rows by time: the purge of rows older than the trace retention reads
+# only those, not the whole table.
+_V5 = ("""CREATE INDEX hops_by_time ON hops (at)""",)
 
 # MIGRATIONS[n] takes a file from user_version n to n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
 VERSION = len(MIGRATIONS)
 
 

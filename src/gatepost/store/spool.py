@@ -10,7 +10,7 @@ and `orphans` finds it for removal. Must not know: SQL, SMTP, the clock.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -62,13 +62,17 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def orphans(folder: Path, known: set[str], older_than: float) -> Iterator[Path]:
-    """Files in `folder` that no message names, last written before `older_than`
-    (a younger one may still await its commit in another process)."""
+def orphans(folder: Path, named: Callable[[str], bool], older_than: float) -> Iterator[Path]:
+    """Files in `folder` last written before `older_than` (a younger one may still
+    await its commit in another process) that no message names (`named` says)."""
     if not folder.is_dir():
         return
     for path in folder.iterdir():
-        if path.name not in known and path.stat().st_mtime < older_than:
+        try:
+            old = path.stat().st_mtime < older_than
+        except FileNotFoundError:  # removed meanwhile: its message was purged
+            continue
+        if old and not named(path.name):
             yield path
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import io
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -110,7 +110,7 @@ _DROP_UNUSED_MESSAGE = """DELETE FROM messages WHERE id = ?
     AND NOT EXISTS (SELECT 1 FROM jobs WHERE message_id = messages.id)
     AND NOT EXISTS (SELECT 1 FROM mailbox WHERE message_id = messages.id)
     RETURNING content_file"""
-_SPOOLED = "SELECT content_file FROM messages WHERE content_file IS NOT NULL"
+_NAMES_FILE = "SELECT 1 FROM messages WHERE id = ? AND content_file = ?"
 
 # One page of the listing: for each wanted state, one ordered range of the
 # jobs_by_state index after the key (?, ?, ?), cut at LIMIT; then the few rows
@@ -129,6 +129,7 @@ _MAILBOX_CONTENT = """SELECT m.content_file, m.content, m.size FROM mailbox b
     JOIN messages m ON m.id = b.message_id WHERE b.mailbox = ? AND b.entry_id = ?"""
 _CONTENT = "SELECT content_file, content, size FROM messages WHERE id = ?"
 ORPHAN_GRACE = 3600.0  # seconds a spool file without a row may still await its commit
+PURGE_CHUNK = 5000  # rows deleted per transaction: a purge never holds the write lock long
 _HOPS = """SELECT message_id, rcpt_id, address, at, event, postoffice, detail
     FROM hops WHERE message_id = ? ORDER BY id"""  # ids follow commit order
 _HEARTBEAT = """INSERT INTO workers (name, owner, seen) VALUES (?, ?, ?)
@@ -154,8 +155,12 @@ _COUNTS = "SELECT state, count(*) FROM jobs GROUP BY state"
 _PENDING = """SELECT
     (SELECT count(*) FROM jobs WHERE queue = ?1 AND state IN ('incoming', 'active'))
   + (SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'deferred' AND next_attempt <= ?2)"""
-_PURGE_JOBS = """DELETE FROM jobs WHERE state IN ('delivered', 'bounced') AND updated < ?
-    RETURNING message_id"""
+# A job is changed after it is created: `created < ?1` keeps the range of
+# jobs_by_state read to the old jobs; then one chunk of them goes.
+_PURGE_JOBS = """DELETE FROM jobs WHERE (message_id, rcpt_id) IN (SELECT message_id, rcpt_id
+    FROM jobs WHERE state IN ('delivered', 'bounced') AND created < ?1 AND updated < ?1
+    LIMIT ?2) RETURNING message_id"""
+_PURGE_HOPS = "DELETE FROM hops WHERE id IN (SELECT id FROM hops WHERE at < ? LIMIT ?)"
 
 
 class DamagedMessage(Exception):
@@ -299,20 +304,35 @@ class SqliteStore:
             conn.executemany(_INSERT_HOP, hops)
         return len(rows)
 
-    def purge(self, before: float) -> int:
+    def purge(
+        self, before: float, now: float | None = None, traces_before: float | None = None
+    ) -> int:
+        removed = _chunked(lambda: self._purge_final(before))
+        _chunked(lambda: self._purge_hops(before if traces_before is None else traces_before))
+        self._remove_orphans((time.time() if now is None else now) - ORPHAN_GRACE)
+        return removed
+
+    def _purge_final(self, before: float) -> int:
+        """One chunk of final jobs, and the messages (and files) only they used."""
         with self._write() as conn:
-            removed = [row[0] for row in conn.execute(_PURGE_JOBS, (before,)).fetchall()]
+            removed = [row[0] for row in conn.execute(_PURGE_JOBS, (before, PURGE_CHUNK))]
             files = _drop_unused(conn, list(dict.fromkeys(removed)))
         spool.remove(self.spool, files)
-        self._remove_orphans(before - ORPHAN_GRACE)
         return len(removed)
+
+    def _purge_hops(self, before: float) -> int:
+        with self._write() as conn:
+            return int(conn.execute(_PURGE_HOPS, (before, PURGE_CHUNK)).rowcount)
 
     def _remove_orphans(self, older_than: float) -> None:
         """Spool files no message names: a crash came between writing one and
         committing its message (it was never acknowledged nor delivered)."""
-        known = {row[0] for row in self._conn.execute(_SPOOLED).fetchall()}
-        for path in spool.orphans(self.spool, known, older_than):
+        for path in spool.orphans(self.spool, self._names_file, older_than):
             path.unlink(missing_ok=True)
+
+    def _names_file(self, name: str) -> bool:
+        """Does a committed message name the spool file `name` (its queue id)?"""
+        return self._conn.execute(_NAMES_FILE, (name, name)).fetchone() is not None
 
     # -- reads --------------------------------------------------------------
 
@@ -441,6 +461,16 @@ def _insert_messages(
     conn.executemany(_INSERT_JOB, job_rows)
     conn.executemany(_INSERT_HOP, hop_rows)
     return ids
+
+
+def _chunked(step: Callable[[], int]) -> int:
+    """Repeat `step` (one transaction deleting at most PURGE_CHUNK rows) until it
+    deletes fewer; returns the rows deleted in all."""
+    total = count = step()
+    while count == PURGE_CHUNK:
+        count = step()
+        total += count
+    return total
 
 
 def _drop_unused(conn: sqlite3.Connection, message_ids: list[str]) -> list[str]:
