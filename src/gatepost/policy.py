@@ -26,6 +26,14 @@ DEAD_HOST = 60.0  # a smart host that could not be reached is tried last for thi
 SHRINK_FOR = 60.0  # after a 421, fewer sessions to that host for this long
 MAX_DIAGNOSTIC = 900  # characters of a reply kept in Diagnostic-Code (lines stay under 998)
 DEFAULTS = Delivery()  # retry_min 60 s, retry_max 1 h, warn_after 4 h, lifetime 5 d
+TOO_MANY_HOPS = Reply.of(554, "5.4.6 Too many hops")  # a mail loop, at DATA or in the network
+
+
+def too_many_hops(hops: int, limit: int) -> bool:
+    """Must a message stop here (a mail loop)? As Postfix's hopcount_limit: its
+    Received and Delivered-To header fields (and copies re-sent inside the
+    network, one more each) number `limit` or more."""
+    return hops >= limit
 
 
 def retry_delay(attempts: int, delivery: Delivery = DEFAULTS) -> float:

@@ -3,7 +3,9 @@
 It claims router jobs from the store, walks them along the shortest path
 over links to their mailbox (and delivers there) or to the gateway
 postoffice of the gateway serving their origin (and hands them to that
-gateway's send queue). Every hop is one recorded outcome. It never speaks SMTP.
+gateway's send queue). Every hop is one recorded outcome. A message that has
+made too many hops (a loop inside the network, through copies re-sent with one
+more hop each) is bounced to its sender. It never speaks SMTP.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ BATCH = 512
 
 def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome]:
     """Every hop of one job from where it waits to where the router lets go of it."""
+    if policy.too_many_hops(job.hops, topo.limits.hopcount_limit):
+        return [looped(job, topo.limits.hopcount_limit)]
     if job.mailbox is not None:
         postoffice, mailbox = job.mailbox.split("/", 1)
         if postoffice not in topo.postoffices or mailbox not in topo.postoffices[postoffice].mailboxes:
@@ -51,6 +55,12 @@ def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome
     if job.mailbox is not None:
         return [*(Moved(job, hop, ROUTER) for hop in hops), Delivered(job)]
     return [*(Moved(job, hop, ROUTER) for hop in hops[:-1]), Moved(job, target, last)]
+
+
+def looped(job: Job, limit: int) -> Bounced:
+    """The bounce of a recipient whose message made too many hops."""
+    reply = policy.TOO_MANY_HOPS
+    return Bounced(job, f"{reply.code} {reply.text} ({job.hops}, limit {limit}): a mail loop")
 
 
 class Router:

@@ -8,6 +8,9 @@ deadlines, the early-talker wait, connection limits (see `guard`), and the
 socket's STARTTLS upgrade. A large message arrives as Content pieces that a
 `spooling.Body` collects (in a spool file beyond a threshold) until the core's
 Message ends it; when the core refuses the message instead, they are dropped.
+Loops end here: the Received and Delivered-To fields of the header section are
+counted as the pieces arrive (the body is never scanned), and a message with
+too many is refused at the end of DATA; the count is stored with the message.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -55,12 +59,38 @@ log = logging.getLogger("gatepost.receive")
 
 READ_SIZE = 65536
 STOP_GRACE = 10.0  # seconds a stop gives sessions storing a message to answer
+HOP_FIELD = re.compile(rb"^(?:received|delivered-to)[ \t]*:", re.IGNORECASE | re.MULTILINE)
+# The first line that is neither a header field ("name:") nor a continuation:
+# the empty line before the body, usually. Only ever tried at line starts.
+PAST_HEADER = re.compile(rb"^(?![!-9;-~]+[ \t]*:|[ \t])", re.MULTILINE)
+
+
+class HopCount:
+    """The Received and Delivered-To fields of one message's header section,
+    counted as its content arrives in pieces of whole lines. Once the header
+    section has ended, the rest of the content is not looked at."""
+
+    __slots__ = ("count", "in_header")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.in_header = True
+
+    def add(self, lines: bytes) -> None:
+        if not self.in_header:
+            return
+        end = len(lines)
+        past = PAST_HEADER.search(lines)
+        if past is not None and past.start() < end:  # a match at the very end is the next piece
+            end, self.in_header = past.start(), False
+        self.count += len(HOP_FIELD.findall(lines, 0, end))
 
 
 @dataclass(slots=True)
 class Envelope:
     sender: str = ""
     recipients: list[NewRecipient] = field(default_factory=list)
+    hops: HopCount = field(default_factory=HopCount)  # in the content received so far
 
 
 class ReceiveSide:
@@ -295,6 +325,7 @@ class Session:
         if self.body is None:
             queue_id = new_queue_id()
             self.body = Body(self.side.store, queue_id, self.trace(queue_id))
+        self.envelope.hops.add(data)
         await self.body.add(data)
 
     def drop_body(self) -> None:
@@ -306,6 +337,9 @@ class Session:
         """Store the message (`last` is its content, or the last piece of it)."""
         envelope, self.envelope = self.envelope, Envelope()
         body, self.body = self.body, None  # from here the file may be the store's
+        envelope.hops.add(last)
+        if policy.too_many_hops(envelope.hops.count, self.side.topo.limits.hopcount_limit):
+            return self.refuse_loop(envelope, body)
         try:
             if body is None:
                 queue_id = new_queue_id()
@@ -326,6 +360,15 @@ class Session:
         )
         return Reply.of(250, f"2.0.0 Ok: queued as {queue_id}")
 
+    def refuse_loop(self, envelope: Envelope, body: Body | None) -> Reply:
+        if body is not None:
+            body.discard()
+        log.info(
+            "client %s: message from=<%s> refused: %d hops (limit %d), a mail loop?", self.peer,
+            envelope.sender, envelope.hops.count, self.side.topo.limits.hopcount_limit,
+        )
+        return policy.TOO_MANY_HOPS
+
     def message(
         self, envelope: Envelope, queue_id: str, content: bytes, spooled: Path | None
     ) -> NewMessage:
@@ -339,6 +382,7 @@ class Session:
             origin=origin_of(side.topo, envelope.sender, side.gateway.postoffice),
             received_by=f"gateway:{side.gateway.name}",
             content_file=spooled,
+            hops=envelope.hops.count,
         )
 
 
