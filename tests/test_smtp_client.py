@@ -23,6 +23,7 @@ from gatepost.smtp import (
     Response,
     Rset,
 )
+from gatepost.smtp.client import MAX_REPLY_LINE, MAX_REPLY_LINES
 
 EHLO_REPLY = (
     b"250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n"
@@ -192,3 +193,45 @@ def test_eof_closes_and_send_after_close_is_a_local_error() -> None:
     assert conn.next_event() == ConnectionClosed()
     with pytest.raises(LocalProtocolError):
         conn.send(Noop())
+
+
+def test_a_whole_reply_line_over_the_limit_is_refused() -> None:
+    """A line longer than MAX_REPLY_LINE is refused even when its end has come."""
+    conn = ClientConnection()
+    conn.receive_data(b"220 " + b"x" * MAX_REPLY_LINE + b"\r\n")
+    with pytest.raises(ProtocolError, match="too long"):
+        conn.next_event()
+
+
+def test_a_reply_of_too_many_lines_is_refused() -> None:
+    conn = ClientConnection()
+    conn.receive_data(b"220-x\r\n" * MAX_REPLY_LINES + b"220 end\r\n")
+    with pytest.raises(ProtocolError, match="lines"):
+        conn.next_event()
+
+
+@pytest.mark.parametrize(
+    ("data", "shown"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "b'SSH-2.0-OpenSSH_9.2'"),
+        (b"\x1b[31m\xff\x00" + b"y" * 200 + b"\r\n", "b'\\x1b[31m\\xff\\x00yyy"),
+        (b"220-a\r\n550 changed\r\n", "b'550 changed'"),
+    ],
+)
+def test_a_refused_reply_is_named_printable_and_truncated(data: bytes, shown: str) -> None:
+    conn = ClientConnection()
+    conn.receive_data(data)
+    with pytest.raises(ProtocolError) as refused:
+        conn.next_event()
+    message = str(refused.value)
+    assert shown in message and message.isprintable() and len(message) < 200
+
+
+def test_awaiting_reply_tells_whether_a_reply_is_due() -> None:
+    conn = ClientConnection()
+    assert conn.awaiting_reply  # the greeting
+    conn.receive_data(b"220 hi\r\n")
+    conn.next_event()
+    assert not conn.awaiting_reply
+    conn.send(Noop())
+    assert conn.awaiting_reply

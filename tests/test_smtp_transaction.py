@@ -86,6 +86,39 @@ def test_a_failed_rset_breaks_the_session() -> None:
     assert last == Broken(Reply.of(421, "4.3.2 closing"))
 
 
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_refused_rset_ends_the_session_but_the_replies_before_it_decide(pipelining: bool) -> None:
+    """451 to MAIL, then 554 to RSET: the session ends; its recipients keep the 451."""
+    tx = Transaction(MAIL, ["r0@example.net", "r1@example.net"], pipelining)
+    tx.start()
+    refused = Reply.of(554, "5.5.1 RSET refused")
+    for reply in [BUSY, *([NO_RCPT] * 3 if pipelining else [])]:
+        tx.answer(reply)
+    assert tx.settled == (BUSY, BUSY)
+    assert tx.answer(refused) == Broken(refused)
+    assert tx.settled == (BUSY, BUSY)
+
+
+@pytest.mark.parametrize("replies", [[], [OK], [OK, RCPT_OK], [OK, RCPT_OK, NO_USER]])
+def test_421_breaks_the_transaction_and_decides_no_recipient(replies: list[Reply]) -> None:
+    tx = Transaction(MAIL, ["r0@example.net", "r1@example.net"], pipelining=True)
+    tx.start()
+    for reply in replies:
+        tx.answer(reply)
+    closing = Reply.of(421, "4.3.2 closing")
+    assert tx.answer(closing) == Broken(closing)
+    assert tx.settled is None
+
+
+def test_nothing_is_settled_before_every_recipient_is_decided() -> None:
+    tx = Transaction(MAIL, ["r0@example.net"], pipelining=True)
+    tx.start()
+    for reply in (OK, RCPT_OK, GO):
+        tx.answer(reply)
+        assert tx.settled is None
+    assert tx.answer(QUEUED) == Finished((QUEUED,))
+
+
 def test_only_the_final_reply_waits_the_long_timeout() -> None:
     tx = Transaction(MAIL, ["r@example.net"], pipelining=True)
     tx.start()

@@ -8,6 +8,9 @@ again. AUTH PLAIN and LOGIN (RFC 4954) are commands like any other. Message
 content is always sent with CRLF-only line ends and dot-stuffed; a large one
 goes as Content pieces (any split) then the Message that ends it, and comes
 out as the same bytes as when sent whole (`Stuffer` carries line state across).
+Whatever the server sends that is not a reply answering a command we sent (a
+malformed or overlong line, a code that changes inside a multi-line reply,
+more than MAX_REPLY_LINES lines) raises ProtocolError, naming what came.
 Must not know sockets, asyncio, the clock, the store, or what a reply code means
 for the queue (that is policy).
 """
@@ -43,6 +46,8 @@ from gatepost.smtp.events import (
 )
 
 MAX_REPLY_LINE = 64 * 1024
+MAX_REPLY_LINES = 1000  # in one multi-line reply
+SHOWN = 80  # bytes of a refused line quoted in a ProtocolError
 _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?", re.DOTALL)
 
 
@@ -87,11 +92,18 @@ class ClientConnection:
         elif not (self._eof or self._before_tls):
             self._in += data
 
+    @property
+    def awaiting_reply(self) -> bool:
+        """Has a command been sent whose reply has not been read yet?"""
+        return bool(self._awaiting)
+
     def next_event(self) -> Response | ConnectionClosed | NeedData:
         while not self._closed:
             end = self._in.find(b"\n")
             if end < 0:
                 return self._starved()
+            if end > MAX_REPLY_LINE:
+                raise ProtocolError(f"reply line too long: {shown(self._in)}")
             line = bytes(self._in[:end])
             del self._in[: end + 1]
             reply = self._read_line(line[:-1] if line.endswith(b"\r") else line)
@@ -101,7 +113,7 @@ class ClientConnection:
 
     def _starved(self) -> ConnectionClosed | NeedData:
         if len(self._in) > MAX_REPLY_LINE:
-            raise ProtocolError("reply line too long")
+            raise ProtocolError(f"reply line too long: {shown(self._in)}")
         if self._eof:
             self._closed = True
             return ConnectionClosed()
@@ -111,10 +123,12 @@ class ClientConnection:
         """Add one reply line; the whole Reply once its last line is read."""
         match = _REPLY_LINE.fullmatch(line)
         if match is None:
-            raise ProtocolError(f"malformed reply line: {line[:80]!r}")
+            raise ProtocolError(f"malformed reply line: {shown(line)}")
         code = int(match[1])
         if self._code is not None and code != self._code:
-            raise ProtocolError(f"reply code changed from {self._code} to {code} mid-reply")
+            raise ProtocolError(f"reply code changed from {self._code} mid-reply: {shown(line)}")
+        if len(self._lines) >= MAX_REPLY_LINES:
+            raise ProtocolError(f"reply of more than {MAX_REPLY_LINES} lines: {shown(line)}")
         self._lines.append((match[3] or b"").decode("utf-8", "replace"))
         if match[2] == b"-":
             self._code = code
@@ -125,7 +139,8 @@ class ClientConnection:
 
     def _pair(self, reply: Reply) -> Response:
         if not self._awaiting:
-            raise ProtocolError(f"reply {reply.code} answers no command we sent")
+            text = f"{reply.code} {reply.text}".encode("utf-8", "replace")
+            raise ProtocolError(f"reply answers no command we sent: {shown(text)}")
         command = self._awaiting.popleft()
         if isinstance(command, Ehlo):
             self._learn_extensions(command, reply)
@@ -152,6 +167,11 @@ class ClientConnection:
         for line in reply.lines[1:]:
             keyword, _, params = line.strip().partition(" ")
             self.extensions[keyword.upper()] = params.strip()
+
+
+def shown(data: bytes | bytearray) -> str:
+    """The start of what the server sent, printable, for an error message."""
+    return repr(bytes(data[:SHOWN])) + ("..." if len(data) > SHOWN else "")
 
 
 def serialize(command: ClientCommand, extensions: dict[str, str]) -> bytes:

@@ -3,7 +3,11 @@ and which reply decides each recipient (RFC 5321 3.3, RFC 2920 for PIPELINING).
 
 The shell writes what `start()` and `answer()` ask for and feeds back every reply;
 the transaction ends in `Finished` (one reply per recipient) or `Broken` (the
-session cannot go on). Must not know sockets, the store or retry policy.
+session cannot go on: a 421, a refused RSET, DATA taken without 354). A reply
+decides only the recipients it answered: when the session breaks, `settled`
+says which replies had decided every recipient (a failed transaction being
+reset), or None when they stay undecided.
+Must not know sockets, the store or retry policy.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ class Finished:
 
 @dataclass(frozen=True, slots=True)
 class Broken:
-    reply: Reply  # what to record for every recipient still undecided
+    reply: Reply  # why the session cannot go on (the recipients: see `settled`)
 
 
 Step = Write | WriteContent | Finished | Broken
@@ -68,7 +72,15 @@ class Transaction:
             return Write((self.mail, *(Rcpt(r) for r in self.recipients), Data()))
         return Write((self.mail,))
 
+    @property
+    def settled(self) -> tuple[Reply, ...] | None:
+        """The reply that decides each recipient, once the replies decided them
+        all (while the transaction is reset or ended empty), else None."""
+        return self.result if self.phase in (Phase.RESET, Phase.DISCARD) else None
+
     def answer(self, reply: Reply) -> Step:
+        if reply.code == 421:  # the server is closing the connection
+            return Broken(reply)
         if self.phase is Phase.ENVELOPE:
             self.envelope.append(reply)
             return self._pipelined() if self.pipelining else self._stepwise()
