@@ -492,6 +492,10 @@ LOOPS = [
         variant(('smarthost = "127.0.0.1:2526"', 'smarthost = "localhost:2525"')),
         {"gateways.GW1.smarthost": "gateways.GW1 (this gateway)"},
     ),
+    (
+        variant(('smarthost = "127.0.0.1:2526"', 'smarthost = "0.0.0.0:2525"')),
+        {"gateways.GW1.smarthost": "gateways.GW1 (this gateway)"},
+    ),
 ]
 
 
@@ -514,6 +518,9 @@ NOT_LOOPS = [
     ),
     # another loopback address, another port, a send gateway's ignored listen
     variant(('smarthost = "127.0.0.1:2526"', 'smarthost = "127.0.0.2:2525"')),
+    variant(('smarthost = "127.0.0.1:2526"', 'smarthost = "[::1]:2525"')),
+    variant(('smarthost = "127.0.0.1:2526"', 'smarthost = "10.0.0.1:2525"'),
+            ('listen = "127.0.0.1:2525"', 'listen = "0.0.0.0:2525"')),
     variant(('smarthost = "127.0.0.1:2526"', 'smarthost = "localhost:2526"')),
     variant(
         ('serves = ["HQ", "SALES"]', 'serves = ["HQ"]'),

@@ -185,17 +185,18 @@ def _smarthost_keys(gw: Gateway) -> list[tuple[str, HostPort]]:
 
 def _reaches(target: HostPort, listen: HostPort) -> bool:
     """Would connecting to `target` reach a server listening on `listen`? Same
-    port, and the same host, or loopback on both sides ("localhost" is loopback),
-    or a wildcard listen address (0.0.0.0, ::) and a loopback or wildcard target.
-    Other addresses of the machine are not known here: they never match."""
+    port, and: the same host; "localhost" and a loopback address; or a wildcard
+    (0.0.0.0, ::) and a loopback address or wildcard (a wildcard listen address
+    takes connections to loopback; a connection to a wildcard goes to loopback).
+    Other addresses of the machine and other host names are not known here."""
     if target.port != listen.port:
         return False
     if target.host == listen.host:
         return True
-    kinds = (_kind(target.host), _kind(listen.host))
-    if kinds == ("loopback", "loopback"):
+    kinds = {_kind(target.host), _kind(listen.host)}
+    if kinds == {"loopback"}:
         return "localhost" in (target.host, listen.host)
-    return kinds[1] == "wildcard" and kinds[0] in ("loopback", "wildcard")
+    return "wildcard" in kinds and "other" not in kinds
 
 
 def _kind(host: str) -> str:
