@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from gatepost.smtp.events import NEED_DATA, ConnectionClosed, Content, Mail, Message, Rcpt, Reply
+from gatepost.smtp.events import Reply
 from gatepost.smtp.server import ServerConnection
-from gatepost.smtp.table import State
+
+from .driver import ServerSession
 
 log = logging.getLogger("gatepost.capture")
 
@@ -43,41 +44,13 @@ class Capture:
             await self.server.wait_closed()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = ServerConnection("capture.invalid")
-        sender, recipients = "", list[str]()
-        file: BinaryIO | None = None  # a large message being written
+        session = CaptureSession(self)
         try:
-            while True:
-                event = conn.next_event()
-                if file is not None and conn.state is not State.DATA and not isinstance(event, Message):
-                    self.drop(file)  # refused by the core
-                    file = None
-                if event is NEED_DATA:
-                    writer.write(conn.data_to_send())
-                    await writer.drain()
-                    conn.receive_data(await reader.read(65536))
-                elif isinstance(event, ConnectionClosed):
-                    writer.write(conn.data_to_send())
-                    return
-                elif isinstance(event, Mail):
-                    sender, recipients = event.sender, []
-                    conn.send(Reply.of(250, "2.1.0 Ok"))
-                elif isinstance(event, Rcpt):
-                    recipients.append(event.recipient)
-                    conn.send(Reply.of(250, "2.1.5 Ok"))
-                elif isinstance(event, Content):
-                    file = file or self.open_file(sender, recipients)
-                    file.write(event.data)
-                elif isinstance(event, Message):
-                    file = file or self.open_file(sender, recipients)
-                    file.write(event.content)
-                    name, file = self.finish(file, sender, len(recipients)), None
-                    conn.send(Reply.of(250, f"2.0.0 Ok: captured as {name}"))
+            await session.converse(reader, writer)
         except ConnectionError:
             pass
         finally:
-            if file is not None:
-                self.drop(file)
+            session.drop_body()
             writer.close()
 
     def open_file(self, sender: str, recipients: list[str]) -> BinaryIO:
@@ -101,3 +74,37 @@ class Capture:
     def drop(self, file: BinaryIO) -> None:
         file.close()
         Path(file.name).unlink(missing_ok=True)
+
+
+class CaptureSession(ServerSession):
+    """One connection to the capture sink: every recipient is taken."""
+
+    def __init__(self, capture: Capture) -> None:
+        self.conn = ServerConnection("capture.invalid")
+        self.capture = capture
+        self.sender, self.recipients = "", list[str]()
+        self.file: BinaryIO | None = None  # the message being written
+
+    def mail(self, sender: str) -> Reply:
+        self.sender, self.recipients = sender, []
+        return Reply.of(250, "2.1.0 Ok")
+
+    def recipient(self, address: str) -> Reply:
+        self.recipients.append(address)
+        return Reply.of(250, "2.1.5 Ok")
+
+    async def collect(self, data: bytes) -> None:
+        self.file = self.file or self.capture.open_file(self.sender, self.recipients)
+        self.file.write(data)
+
+    async def accept(self, last: bytes) -> Reply:
+        await self.collect(last)
+        assert self.file is not None
+        name = self.capture.finish(self.file, self.sender, len(self.recipients))
+        self.file = None
+        return Reply.of(250, f"2.0.0 Ok: captured as {name}")
+
+    def drop_body(self) -> None:
+        if self.file is not None:
+            self.capture.drop(self.file)
+            self.file = None

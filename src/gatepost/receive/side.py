@@ -28,15 +28,8 @@ from pathlib import Path
 
 from gatepost import notify, policy
 from gatepost.smtp.events import (
-    NEED_DATA,
-    ConnectionClosed,
-    Content,
     Ehlo,
-    Mail,
-    Message,
-    Rcpt,
     Reply,
-    StartTls,
 )
 from gatepost.smtp.replies import TALKED_FIRST, TIMED_OUT, TOO_MANY_CONNECTIONS
 from gatepost.smtp.server import Limits, ServerConnection
@@ -52,12 +45,12 @@ from gatepost.topology import (
 )
 from gatepost.topology.model import Limits as TopologyLimits
 
+from .driver import READ_SIZE, ServerSession
 from .guard import Admission, Deadlines, Pace
 from .spooling import Body
 
 log = logging.getLogger("gatepost.receive")
 
-READ_SIZE = 65536
 STOP_GRACE = 10.0  # seconds a stop gives sessions storing a message to answer
 HOP_FIELD = re.compile(rb"^(?:received|delivered-to)[ \t]*:", re.IGNORECASE | re.MULTILINE)
 # The first line that is neither a header field ("name:") nor a continuation:
@@ -195,8 +188,8 @@ def same_recipient(a: NewRecipient, b: NewRecipient) -> bool:
     return a.address.lower() == b.address.lower()
 
 
-class Session:
-    """One SMTP connection: answers the core's decision events."""
+class Session(ServerSession):
+    """One SMTP connection of a gateway: answers the core's decision events."""
 
     def __init__(self, side: ReceiveSide, peer: str, writer: asyncio.StreamWriter) -> None:
         self.side = side
@@ -220,34 +213,15 @@ class Session:
             self.drop_body()
 
     async def converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        conn = self.conn
         await self.pregreet(reader)
-        while True:
-            event = conn.next_event()
-            refused = conn.state is not State.DATA and not isinstance(event, Message)
-            if refused and self.body is not None:
-                self.drop_body()  # the core refused the message: no Message follows
-            if event is NEED_DATA:
-                await self.flush(writer)
-                conn.receive_data(await self.read(reader))
-            elif isinstance(event, ConnectionClosed):
-                await self.flush(writer)
-                return
-            elif isinstance(event, StartTls):
-                await self.flush(writer)
-                await self.upgrade(reader, writer)
-            elif isinstance(event, Mail):
-                self.envelope = Envelope(event.sender)
-                conn.send(Reply.of(250, "2.1.0 Ok"))
-            elif isinstance(event, Rcpt):
-                conn.send(self.recipient(event.recipient))
-            elif isinstance(event, Content):
-                await self.collect(event.data)
-            elif isinstance(event, Message):
-                writer.write(conn.data_to_send())
-                conn.send(await self.accept(event.content))
-            elif isinstance(event, Ehlo):
-                self.helo, self.esmtp = event.domain, event.esmtp
+        await super().converse(reader, writer)
+
+    def hello(self, ehlo: Ehlo) -> None:
+        self.helo, self.esmtp = ehlo.domain, ehlo.esmtp
+
+    def mail(self, sender: str) -> Reply:
+        self.envelope = Envelope(sender)
+        return Reply.of(250, "2.1.0 Ok")
 
     async def pregreet(self, reader: asyncio.StreamReader) -> None:
         """Wait a moment before the greeting: whoever talks first gets 554."""
