@@ -65,7 +65,7 @@ def header(received: int = 0, delivered_to: int = 0, subject: str = "hops") -> b
 def stored_hops(net: Net) -> dict[str, tuple[str, int]]:
     """Every stored message: queue id -> (received_by, hops), read from the store file."""
     with closing(sqlite3.connect(net.config.parent / "var" / "acme.db")) as conn:
-        rows = conn.execute("SELECT id, received_by, hops FROM messages ORDER BY created, id")
+        rows = conn.execute("SELECT id, received_by, hop_count FROM messages ORDER BY created, id")
         return {row[0]: (row[1], row[2]) for row in rows}
 
 
@@ -189,7 +189,7 @@ def test_a_spooled_message_body_is_not_counted(shared_net: Net) -> None:
 
 def job(hops: int, mailbox: str | None = None) -> Job:
     return Job("Q1", 0, CAROL, OUTSIDE, mailbox, "SALES", "SALES", ROUTER, 0, 0.0, None, 10,
-               hops=hops)
+               hop_count=hops)
 
 
 def test_router_plan_bounces_at_the_limit_with_5_4_6() -> None:
@@ -206,7 +206,7 @@ def test_router_bounces_a_stored_message_over_the_limit_to_its_sender(tmp_path: 
     path = tmp_path / "store.db"
     with closing(SqliteStore(path)) as store:
         looping = NewMessage(CAROL, (NewRecipient(OUTSIDE, None),), b"Subject: round\r\n\r\nx\r\n",
-                             "SALES", "SALES", "alias", hops=51)
+                             "SALES", "SALES", "alias", hop_count=51)
         [queue_id] = store.enqueue([looping], now=1.0)
 
     async def route() -> None:
@@ -235,11 +235,11 @@ def test_router_bounces_a_stored_message_over_the_limit_to_its_sender(tmp_path: 
 
 def test_the_store_keeps_the_hop_count_of_each_message(tmp_path: Path) -> None:
     with closing(SqliteStore(tmp_path / "store.db")) as store:
-        mail = [NewMessage(CAROL, (NewRecipient(OUTSIDE, None),), b"x", "HQ", "HQ", "test", hops=n)
+        mail = [NewMessage(CAROL, (NewRecipient(OUTSIDE, None),), b"x", "HQ", "HQ", "test", hop_count=n)
                 for n in (0, 7)]
         ids = store.enqueue(mail, now=1.0)
         jobs = store.claim(ROUTER, "w", 10, 60.0, now=2.0)
-    assert {j.message_id: j.hops for j in jobs} == dict(zip(ids, [0, 7]))
+    assert {j.message_id: j.hop_count for j in jobs} == dict(zip(ids, [0, 7]))
 
 
 def test_a_version_3_store_gets_hop_counts_of_zero(tmp_path: Path) -> None:
@@ -254,7 +254,7 @@ def test_a_version_3_store_gets_hop_counts_of_zero(tmp_path: Path) -> None:
         store.enqueue([NewMessage(CAROL, (NewRecipient(OUTSIDE, None),), b"x", "HQ", "HQ", "t")],
                       now=1.0)
         [claimed] = store.claim(ROUTER, "w", 10, 60.0, now=2.0)
-    assert claimed.hops == 0
+    assert claimed.hop_count == 0
 
 
 # 5. `gatepost check` refuses gateways that are each other's smart host

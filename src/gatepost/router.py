@@ -38,7 +38,7 @@ BATCH = 512
 
 def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome]:
     """Every hop of one job from where it waits to where the router lets go of it."""
-    if policy.too_many_hops(job.hops, topo.limits.hopcount_limit):
+    if policy.too_many_hops(job.hop_count, topo.limits.hopcount_limit):
         return [looped(job, topo.limits.hopcount_limit)]
     if job.mailbox is not None:
         postoffice, mailbox = job.mailbox.split("/", 1)
@@ -60,7 +60,7 @@ def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome
 def looped(job: Job, limit: int) -> Bounced:
     """The bounce of a recipient whose message made too many hops."""
     reply = policy.TOO_MANY_HOPS
-    return Bounced(job, f"{reply.code} {reply.text} ({job.hops}, limit {limit}): a mail loop")
+    return Bounced(job, f"{reply.code} {reply.text} ({job.hop_count}, limit {limit}): a mail loop")
 
 
 class Router:

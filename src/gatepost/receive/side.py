@@ -356,7 +356,7 @@ class Session(ServerSession):
             origin=origin_of(side.topo, envelope.sender, side.gateway.postoffice),
             received_by=f"gateway:{side.gateway.name}",
             content_file=spooled,
-            hops=envelope.hops.count,
+            hop_count=envelope.hops.count,
         )
 
 

@@ -42,8 +42,8 @@ class NewMessage:
     queue_id: str = ""  # given in advance (store.new_queue_id), or made by enqueue
     content_file: Path | None = None  # large content: store.spool_path(queue_id), fsync'ed;
     # then `content` is b"" and the file belongs to the store once enqueued
-    hops: int = 0  # Received and Delivered-To fields it came with; a copy the network
-    # re-sends (alias, list) carries on the hops of the message it copies, plus one
+    hop_count: int = 0  # Received and Delivered-To fields it came with; a copy the
+    # network re-sends (alias, list) carries on the count of the message it copies, plus one
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,7 @@ class Job:
     size: int
     owner: str = ""  # the lease owner that claimed it
     warned: bool = False  # the sender was already told that the message is delayed
-    hops: int = 0  # of its message (NewMessage.hops)
+    hop_count: int = 0  # of its message (NewMessage.hop_count)
 
 
 # Outcomes a worker reports for claimed jobs; `Store.complete` applies them.

@@ -7,7 +7,7 @@ migrate once. Must not know: how the tables are queried (that is
 
 Tables:
   messages  one row per message: envelope sender, content (written once), origin,
-            hops (counted on entry, so that loops end);
+            hop_count (Received fields counted on entry, so that loops end);
             large content lives in a spool file (`spool.py`) the row names.
   jobs      one row per (message, recipient): where it waits (`location`), who
             handles it next (`queue`), its state, retry times and lease.
@@ -96,7 +96,7 @@ _V2 = ("""CREATE INDEX jobs_by_state ON jobs (state, created, message_id, rcpt_i
 _V3 = ("""ALTER TABLE messages ADD COLUMN warned INTEGER NOT NULL DEFAULT 0""",)
 # Hops the message made before it entered the network (Received and Delivered-To
 # header fields), carried on (+1) by copies the network re-sends: loops end.
-_V4 = ("""ALTER TABLE messages ADD COLUMN hops INTEGER NOT NULL DEFAULT 0""",)
+_V4 = ("""ALTER TABLE messages ADD COLUMN hop_count INTEGER NOT NULL DEFAULT 0""",)
 # Trace rows by time: the purge of rows older than the trace retention reads
 # only those, not the whole table.
 _V5 = ("""CREATE INDEX hops_by_time ON hops (at)""",)

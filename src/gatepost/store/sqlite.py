@@ -56,7 +56,7 @@ FINAL = ("delivered", "bounced")
 Row = tuple[Any, ...]
 
 _JOB_COLUMNS = """j.message_id, j.rcpt_id, m.sender, j.address, j.mailbox, j.location,
-    m.origin, j.queue, j.attempts, j.created, j.first_attempt, m.size, m.warned, m.hops"""
+    m.origin, j.queue, j.attempts, j.created, j.first_attempt, m.size, m.warned, m.hop_count"""
 _CLAIM_EXPIRED = f"""SELECT {_JOB_COLUMNS} FROM jobs j JOIN messages m ON m.id = j.message_id
     WHERE j.queue = ? AND j.state = 'active' AND j.lease_until < ?
     ORDER BY j.created, j.message_id, j.rcpt_id LIMIT ?"""
@@ -70,7 +70,7 @@ _LEASE = """UPDATE jobs SET state = 'active', lease_owner = ?, lease_until = ?, 
     WHERE message_id = ? AND rcpt_id = ?"""
 
 _INSERT_MESSAGE = """INSERT INTO messages
-    (id, sender, size, created, location, origin, received_by, hops, content_file, content)
+    (id, sender, size, created, location, origin, received_by, hop_count, content_file, content)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""
 _INSERT_JOB = f"""INSERT INTO jobs
     (message_id, rcpt_id, address, mailbox, location, queue, state, created, updated)
@@ -411,8 +411,8 @@ class SqliteStore:
 
 def _job(row: Row, owner: str) -> Job:
     """A Job from a claim row (_JOB_COLUMNS) and the owner that claimed it."""
-    *fields, warned, hops = row
-    return Job(*fields, owner, bool(warned), int(hops))  # type: ignore[call-arg]
+    *fields, warned, hop_count = row
+    return Job(*fields, owner, bool(warned), int(hop_count))  # type: ignore[call-arg]
 
 
 def fair_pick(
@@ -448,7 +448,7 @@ def _insert_messages(
             file, size = msg.content_file.name, msg.content_file.stat().st_size
         message_rows.append(
             (message_id, msg.sender, size, now, msg.location, msg.origin, msg.received_by,
-             msg.hops, file, msg.content)
+             msg.hop_count, file, msg.content)
         )
         for rcpt_id, rcpt in enumerate(msg.recipients):
             job_rows.append(
