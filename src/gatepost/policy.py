@@ -12,7 +12,7 @@ import quopri
 import uuid
 from dataclasses import dataclass
 
-from gatepost.smtp.events import Reply
+from gatepost.smtp.events import ProtocolError, Reply
 from gatepost.store.base import Bounced, Deferred, Delivered, Job, Outcome
 from gatepost.topology.model import Delivery
 
@@ -240,9 +240,58 @@ def outcome(job: Job, reply: Reply, relay: str, now: float, delivery: Delivery) 
         return Delivered(job, relay, text)
     if reply.is_permanent or expired(job.created, now, delivery):
         return Bounced(job, text, relay)
-    if reply.code == 421:  # the host is busy, not the recipient: try again soon
+    if host_busy(reply):  # the host is busy, not the recipient: try again soon
         return Deferred(job, now + BUSY_RETRY, text, relay)
     return Deferred(job, now + retry_delay(job.attempts, delivery), text, relay)
+
+
+def session_failed(trouble: Reply | str) -> Reply:
+    """What trouble with a session means for the recipients it had not decided:
+    a 4.x.x reply, never a bounce. Only the replies to a transaction decide its
+    recipients; a 5xx to the greeting, EHLO, STARTTLS, AUTH or RSET is the
+    host's trouble (as Postfix's smtp_skip_5xx_greeting) and becomes 451, its
+    status of class 4. `trouble` is the host's reply, or an account of what went
+    wrong that starts with its status ("4.7.4 TLS is required but ...")."""
+    if isinstance(trouble, Reply):
+        if trouble.is_transient:
+            return trouble
+        status, account = status_of(trouble.code, trouble.text), f"{trouble.code} {trouble.text}"
+    else:
+        status = status_of(451, trouble)
+        account = trouble.removeprefix(status).lstrip()
+    return Reply.of(451, f"4{status[1:]} {account}")
+
+
+def error_trouble(error: BaseException) -> str:
+    """An account of an error that ended a session, for `session_failed`."""
+    if isinstance(error, TimeoutError):
+        return "4.4.2 timed out: the host did not answer, or did not read, in time"
+    if isinstance(error, ProtocolError):
+        return f"4.5.0 protocol error: {error}"
+    if isinstance(error, OSError):
+        return f"4.4.2 connection failed: {error or type(error).__name__}"
+    return f"4.3.0 internal error: {type(error).__name__}: {error}"
+
+
+def host_busy(reply: Reply) -> bool:
+    """Does the host want fewer sessions for a while (421: busy, or closing)?"""
+    return reply.code == 421
+
+
+NEEDS_SMTPUTF8 = Reply.of(553, "5.6.7 non-ASCII address, and the server does not offer SMTPUTF8")
+
+NO_MAIL_HOST = {  # why a domain has no host to try -> the reply it means
+    "no such domain": "550 5.1.2 domain {domain} does not exist",
+    "null MX": "556 5.1.10 domain {domain} accepts no mail (null MX)",
+    "no address": "451 4.4.3 no address for the mail hosts of {domain}",
+    "lookup failed": "451 4.4.3 cannot look up MX of {domain}",
+}
+
+
+def no_mail_host(why: str, domain: str, detail: str = "") -> Reply:
+    """A domain without a host to try: `why` is a key of NO_MAIL_HOST."""
+    text = NO_MAIL_HOST[why].format(domain=domain) + (f": {detail}" if detail else "")
+    return Reply.of(int(text[:3]), text[4:])
 
 
 def failure(o: Outcome, action: str, delivery: Delivery) -> Failure:

@@ -3,8 +3,10 @@
 Does: ask DNS (dnspython, the system's resolver or a configured one) for a
 domain's MX records, then each exchange's addresses (A, then AAAA); a
 domain without MX records is its own mail host (implicit MX); a null MX
-(RFC 7505) or a domain that does not exist is a permanent failure, a DNS
-outage a temporary one. Must not know: SMTP sessions, the store, retry policy.
+(RFC 7505), a domain that does not exist, a DNS outage or exchanges without
+addresses raise NoMailHost saying which (what that means for the mail is
+`policy.no_mail_host`'s to say). Must not know: SMTP sessions, the store,
+retry policy.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ TIMEOUT = 10.0
 
 
 class NoMailHost(Exception):
-    """No host to try: `reply` ("451 4.4.3 ..." or "550 5.1.2 ...") says why."""
+    """No host to try for `domain`: `why` is "no such domain", "null MX",
+    "no address" or "lookup failed"; `detail` what DNS said, if anything."""
 
-    def __init__(self, reply: str) -> None:
-        super().__init__(reply)
-        self.reply = reply
+    def __init__(self, why: str, domain: str, detail: str = "") -> None:
+        super().__init__(f"{domain}: {why}" + (f": {detail}" if detail else ""))
+        self.why, self.domain, self.detail = why, domain, detail
 
 
 class MxResolver:
@@ -48,7 +51,7 @@ class MxResolver:
         for name in exchanges:
             found += [(HostPort(a, self.port), name) for a in await self.addresses(name)]
         if not found:
-            raise NoMailHost(f"451 4.4.3 no address for the mail hosts of {domain}")
+            raise NoMailHost("no address", domain)
         return found
 
     async def exchanges(self, domain: str) -> list[str]:
@@ -56,15 +59,15 @@ class MxResolver:
         try:
             answer = await self.resolver.resolve(domain, "MX")
         except dns.resolver.NXDOMAIN as exc:
-            raise NoMailHost(f"550 5.1.2 domain {domain} does not exist") from exc
+            raise NoMailHost("no such domain", domain) from exc
         except dns.resolver.NoAnswer:
             return [domain]  # implicit MX
         except dns.exception.DNSException as exc:
-            raise NoMailHost(f"451 4.4.3 cannot look up MX of {domain}: {exc}") from exc
+            raise NoMailHost("lookup failed", domain, str(exc)) from exc
         records = sorted(answer, key=lambda r: (r.preference, random.random()))
         names = [r.exchange.to_text(omit_final_dot=True) for r in records]
         if names in ([""], ["."]) or (len(records) == 1 and records[0].exchange.to_text() == "."):
-            raise NoMailHost(f"556 5.1.10 domain {domain} accepts no mail (null MX)")
+            raise NoMailHost("null MX", domain)
         return names
 
     async def addresses(self, name: str) -> list[str]:

@@ -3,61 +3,66 @@
 Opens a connection, says EHLO, upgrades to TLS with STARTTLS (and says EHLO
 again) and authenticates when told to, runs pipelined transactions and
 reports one reply per recipient. Content given as a file is streamed in
-pieces (the client core stuffs them). It holds no protocol knowledge of its own
-and decides nothing about retries: trouble with the host itself (TLS, AUTH)
-is raised as a SessionError with a 4xx reply, so the mail waits.
+pieces (the client core stuffs them). Every read and every write has a
+deadline (the module's timeouts, RFC 5321's defaults).
+
+It holds no protocol knowledge of its own and decides nothing about outcomes:
+trouble with the host itself (a refused greeting, EHLO, STARTTLS or AUTH, a
+closed connection) is raised as a SessionError saying what happened, and the
+client core's ProtocolError and socket errors pass through; what any of it
+means for the mail is policy's to say. Once a transaction's replies have
+decided its recipients they stand: trouble after that is kept in `broken`,
+and the session is not used again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from gatepost.policy import NEEDS_SMTPUTF8
 from gatepost.send.credentials import Login
 from gatepost.smtp.client import ClientConnection, auth_login, auth_plain
 from gatepost.smtp.events import (
-    NEED_DATA,
     ClientCommand,
     ConnectionClosed,
     Content,
     Ehlo,
     Mail,
     Message,
+    ProtocolError,
     Quit,
     Reply,
     Response,
     StartTls,
 )
-from gatepost.smtp.transaction import (
-    Broken,
-    Finished,
-    Step,
-    Transaction,
-    WriteContent,
-)
+from gatepost.smtp.transaction import Broken, Finished, Step, Transaction, WriteContent
 from gatepost.topology.model import TlsMode
 
 CONNECT_TIMEOUT = 30.0
 REPLY_TIMEOUT = 300.0  # RFC 5321 4.5.3.2: 5 minutes for MAIL, RCPT, the greeting
 FINAL_TIMEOUT = 600.0  # RFC 5321 4.5.3.2.6: 10 minutes for the reply to the final dot
+SEND_TIMEOUT = 180.0  # RFC 5321 4.5.3.2.5: 3 minutes for the host to take each write
+QUIT_TIMEOUT = 5.0
 READ_SIZE = 65536
 CONTENT_PIECE = 256 * 1024  # bytes read from a content file per write
+CLOSED = "4.4.2 connection closed by the smart host"
 
 Payload = bytes | BinaryIO  # a message's content: whole, or a file to stream
 
 
-NEEDS_SMTPUTF8 = Reply.of(553, "5.6.7 non-ASCII address, and the server does not offer SMTPUTF8")
-
-
 class SessionError(Exception):
-    """The session cannot go on; `reply` is what to record for the recipients."""
+    """The session cannot go on: `trouble` is the host's reply, or an account of
+    what went wrong that starts with its status ("4.7.4 TLS is required ...");
+    what it means for the recipients is policy.session_failed's to say."""
 
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(f"{reply.code} {reply.text}")
-        self.reply = reply
+    def __init__(self, trouble: Reply | str) -> None:
+        super().__init__(trouble if isinstance(trouble, str) else f"{trouble.code} {trouble.text}")
+        self.trouble = trouble
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +85,13 @@ def client_context(tls: TlsMode, ca_file: Path | None, verify: bool) -> ssl.SSLC
     return context
 
 
-def defer(text: str) -> SessionError:
-    return SessionError(Reply.of(451, text))
-
-
 class Outbound:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.conn = ClientConnection()
         self.tls_active = False
+        self.broken: Exception | None = None  # why no further transaction may use it
 
     @classmethod
     async def open(
@@ -101,12 +103,12 @@ class Outbound:
         )
         session = cls(reader, writer)
         try:
-            await session.expect_positive((await session.response()).reply)
+            await session.expect_positive((await session.response(REPLY_TIMEOUT)).reply)
             await session.hello(helo)
             await session.secure(security, helo, server_name or host)
             await session.authenticate(security.login, clear_ok=security.tls == "none")
         except BaseException:
-            writer.close()
+            session.close()
             raise
         return session
 
@@ -116,17 +118,20 @@ class Outbound:
             return
         if "STARTTLS" not in self.conn.extensions:
             if security.tls == "required":
-                raise defer(f"4.7.4 TLS is required but {server_name} does not offer STARTTLS")
+                raise SessionError(
+                    f"4.7.4 TLS is required but {server_name} does not offer STARTTLS")
             return
         reply = await self.command(StartTls())
         if reply.code != 220:
             if security.tls == "required":
-                raise defer(f"4.7.4 TLS is required but STARTTLS was refused: {reply.code} {reply.text}")
+                raise SessionError(
+                    f"4.7.4 TLS is required but STARTTLS was refused: {reply.code} {reply.text}")
             return
         try:
-            await self.writer.start_tls(security.context, server_hostname=server_name)
+            await self.writer.start_tls(security.context, server_hostname=server_name,
+                                        ssl_handshake_timeout=REPLY_TIMEOUT)
         except (ssl.SSLError, ssl.CertificateError, ConnectionError) as exc:
-            raise defer(f"4.7.5 TLS with {server_name} failed: {exc}") from exc
+            raise SessionError(f"4.7.5 TLS with {server_name} failed: {exc}") from exc
         self.tls_active = True
         await self.hello(helo)
 
@@ -136,20 +141,21 @@ class Outbound:
         if login is None:
             return
         if not self.tls_active and not clear_ok:
-            raise defer("4.7.0 will not send the AUTH password in clear: no STARTTLS")
+            raise SessionError("4.7.0 will not send the AUTH password in clear: no STARTTLS")
         offered = self.conn.auth_mechanisms
         if "PLAIN" in offered:
             steps: tuple[ClientCommand, ...] = (auth_plain(login.user, login.password),)
         elif "LOGIN" in offered:
             steps = auth_login(login.user, login.password)
         else:
-            raise defer("4.7.0 the smart host offers neither AUTH PLAIN nor AUTH LOGIN")
+            raise SessionError("4.7.0 the smart host offers neither AUTH PLAIN nor AUTH LOGIN")
         for step in steps:
             reply = await self.command(step)
             if reply.code not in (235, 334):
-                raise defer(f"4.7.8 authentication as {login.user} failed: {reply.code} {reply.text}")
+                raise SessionError(
+                    f"4.7.8 authentication as {login.user} failed: {reply.code} {reply.text}")
         if reply.code != 235:
-            raise defer(f"4.7.8 authentication as {login.user} not completed: {reply.code}")
+            raise SessionError(f"4.7.8 authentication as {login.user} not completed: {reply.code}")
 
     async def hello(self, helo: str) -> None:
         reply = await self.command(Ehlo(helo))
@@ -161,23 +167,42 @@ class Outbound:
         if not reply.is_positive:
             raise SessionError(reply)
 
-    async def command(self, command: ClientCommand, timeout: float = REPLY_TIMEOUT) -> Reply:
-        self.writer.write(self.conn.send(command))
-        return (await self.response(timeout)).reply
+    async def command(self, command: ClientCommand) -> Reply:
+        """Send one command outside a transaction; a 421 (closing) ends the session."""
+        await self.send(command)
+        reply = (await self.response(REPLY_TIMEOUT)).reply
+        if reply.code == 421:
+            raise SessionError(reply)
+        return reply
 
-    async def response(self, timeout: float = REPLY_TIMEOUT) -> Response:
-        while True:
-            event = self.conn.next_event()
-            if isinstance(event, Response):
-                if event.reply.code == 421:
-                    raise SessionError(event.reply)
-                return event
-            if isinstance(event, ConnectionClosed):
-                raise SessionError(Reply.of(451, "4.4.2 connection closed by the smart host"))
-            assert event is NEED_DATA
-            await self.writer.drain()
-            data = await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
-            self.conn.receive_data(data)
+    async def send(self, *commands: ClientCommand) -> None:
+        """Write commands; when no reply was due, the host must have sent nothing."""
+        if not self.conn.awaiting_reply:
+            self.expect_silence()
+        await self.write(b"".join(self.conn.send(c) for c in commands))
+
+    def expect_silence(self) -> None:
+        """Raise if the host sent anything while no reply was due (the core's
+        ProtocolError for a line, a SessionError for a closed connection)."""
+        if isinstance(self.conn.next_event(), ConnectionClosed):
+            raise SessionError(CLOSED)
+
+    async def write(self, data: bytes, timeout: float | None = None) -> None:
+        """Write, and wait (at most SEND_TIMEOUT) while the host takes it in."""
+        self.writer.write(data)
+        if self.writer.transport.get_write_buffer_size():
+            await asyncio.wait_for(self.writer.drain(), timeout or SEND_TIMEOUT)
+
+    async def response(self, timeout: float) -> Response:
+        """The next Response, whole within `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            while True:
+                event = self.conn.next_event()
+                if isinstance(event, Response):
+                    return event
+                if isinstance(event, ConnectionClosed):
+                    raise SessionError(CLOSED)
+                self.conn.receive_data(await self.reader.read(READ_SIZE))
 
     async def transact(self, sender: str, recipients: list[str], content: Payload) -> list[Reply]:
         """One mail transaction; returns the reply that decides each recipient."""
@@ -190,6 +215,17 @@ class Outbound:
             return [NEEDS_SMTPUTF8] * len(recipients)
         mail = Mail(sender, size, "8BITMIME" if eight_bit else None, utf8)
         transaction = Transaction(mail, recipients, "PIPELINING" in self.conn.extensions)
+        try:
+            replies = await self.run(transaction, content)
+        except Exception as error:
+            if transaction.settled is None:
+                raise
+            self.broken = error  # the replies decided every recipient before it
+            return list(transaction.settled)
+        self.broken = self.unasked()
+        return replies
+
+    async def run(self, transaction: Transaction, content: Payload) -> list[Reply]:
         step: Step = transaction.start()
         while True:
             if isinstance(step, Finished):
@@ -198,29 +234,37 @@ class Outbound:
                 raise SessionError(step.reply)
             if isinstance(step, WriteContent):
                 await self.send_content(content)
-            else:
-                self.writer.write(b"".join(self.conn.send(c) for c in step.commands))
+            elif step.commands:
+                await self.send(*step.commands)
             timeout = FINAL_TIMEOUT if transaction.awaiting_final else REPLY_TIMEOUT
             step = transaction.answer((await self.response(timeout)).reply)
+
+    def unasked(self) -> Exception | None:
+        """What the host already sent after the last reply it owed, if anything."""
+        try:
+            self.expect_silence()
+        except (SessionError, ProtocolError) as error:
+            return error
+        return None
 
     async def send_content(self, content: Payload) -> None:
         """Send the content after 354; a file goes piece by piece."""
         if isinstance(content, bytes):
-            self.writer.write(self.conn.send(Message(content)))
+            await self.send(Message(content))
             return
         while piece := content.read(CONTENT_PIECE):
-            self.writer.write(self.conn.send(Content(piece)))
-            await asyncio.wait_for(self.writer.drain(), FINAL_TIMEOUT)
-        self.writer.write(self.conn.send(Message(b"")))
+            await self.write(self.conn.send(Content(piece)))
+        await self.write(self.conn.send(Message(b"")))
 
     async def quit(self) -> None:
-        try:
-            self.writer.write(self.conn.send(Quit()))
-            await asyncio.wait_for(self.writer.drain(), 5)
-        except (OSError, TimeoutError):
-            pass
-        finally:
-            self.writer.close()
+        """QUIT (its reply is not awaited), then close."""
+        with contextlib.suppress(Exception):
+            await self.write(self.conn.send(Quit()), QUIT_TIMEOUT)
+        self.close()
+
+    def close(self) -> None:
+        """Close at once, dropping whatever the host has not taken yet."""
+        self.writer.transport.abort()
 
 
 def measure(content: BinaryIO) -> tuple[int, bool]:

@@ -3,9 +3,11 @@ smart hosts (or the recipient domains' MX hosts), over several SMTP sessions,
 several messages per session, pipelined.
 
 It records each recipient's outcome in the store, with the bounces and delay
-warnings they call for; when to retry, warn or bounce is `policy`'s decision,
-where to connect and how often is `relays`'. It knows no SMTP syntax (the
-client core does) and no DNS (`mx` does).
+warnings they call for; what a reply or an error means, and when to retry,
+warn or bounce, is `policy`'s decision, where to connect and how often is
+`relays'`. Whatever a remote host does ends that session at most: what its
+replies decided stands, the rest is deferred, and the worker goes on. It
+knows no SMTP syntax (the client core does) and no DNS (`mx` does).
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ from typing import TypeVar
 from gatepost import notify, policy
 from gatepost.send import credentials, deliverylog
 from gatepost.send.mx import MxResolver, NoMailHost
-from gatepost.send.outbound import Outbound, Payload, Security, SessionError, client_context, defer
+from gatepost.send.outbound import Outbound, Payload, Security, SessionError, client_context
 from gatepost.send.relays import Gate, Pace, Relays
 from gatepost.send.signing import Signer
-from gatepost.smtp.events import Reply
+from gatepost.smtp.events import ProtocolError, Reply
 from gatepost.store import (
     AsyncStore,
     Bounced,
@@ -42,11 +44,13 @@ from gatepost.topology.model import HostPort
 
 T = TypeVar("T")
 log = logging.getLogger("gatepost.send")
+trouble_log = logging.getLogger("gatepost.send.session")
 
 PER_CLAIM = 64  # recipients claimed per batch
 KEEP_OPEN = 2.0  # seconds an idle session to the smart host stays open
 GATE_WAIT = 30.0  # seconds a worker waits for a free session before deferring
 STREAM_ABOVE = 1 << 20  # bytes of content beyond which it is streamed from the store
+SHOWN = 300  # characters of a host's reply (or of what it sent) in a log line
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,26 +174,44 @@ class SendSide:
         try:
             for group in by_message(jobs, lambda job: job):
                 claimed = await self.keep_leases(jobs, claimed)
-                if link is None or link.sent >= self.gateway.max_per_session:
-                    await self.release(link)
-                    link = None
-                    link = await self.connect(destination)
+                link = await self.spent(link)
+                link = link or await self.connect(destination)
                 outcomes += await self.transact(link, group)
         except NoMailHost as error:
-            outcomes += self.failed(jobs, outcomes, Reply.of(int(error.reply[:3]), error.reply[4:]), "")
-        except (SessionError, OSError, TimeoutError) as error:
-            reply = getattr(error, "reply", None) or Reply.of(451, f"4.4.2 {error or 'timeout'}")
+            reply = policy.no_mail_host(error.why, error.domain, error.detail)
+            outcomes += self.undecided(jobs, outcomes, reply, "")
+        except Exception as error:  # noqa: BLE001 - the host's doing or a bug: this session only
             relay = str(link.target) if link else ""
-            if link is not None and reply.code == 421:
-                link.gate.shrink()
-            outcomes += self.failed(jobs, outcomes, reply, relay)
+            reply = self.ended(link, error) if link else reply_for(error)
+            outcomes += self.undecided(jobs, outcomes, reply, relay)
             await self.release(link, polite=False)
             link = None
         await self.record(outcomes)
+        link = await self.spent(link)
         if link is not None and link.gate.open > link.gate.capacity():
             await self.release(link)
             link = None
         return link
+
+    async def spent(self, link: Link | None) -> Link | None:
+        """`link` while it can carry another message, else None (and it is closed)."""
+        if link is None:
+            return None
+        broken = link.session.broken
+        if broken is None and link.sent < self.gateway.max_per_session:
+            return link
+        if broken is not None:
+            self.ended(link, broken)
+        await self.release(link, polite=broken is None)
+        return None
+
+    def ended(self, link: Link, error: Exception) -> Reply:
+        """What an error that ended `link`'s session means (policy's word); logged."""
+        reply = reply_for(error)
+        if policy.host_busy(reply):
+            link.gate.shrink()
+        log_trouble(str(link.target), reply, error)
+        return reply
 
     async def keep_leases(self, jobs: list[Job], since: float) -> float:
         """A slow host or a rate limit can outlast the claim: renew it halfway, so
@@ -199,8 +221,10 @@ class SendSide:
         await self.store.renew(jobs, self.clock() + policy.LEASE)
         return self.clock()
 
-    def failed(self, jobs: list[Job], done: list[Outcome], reply: Reply, relay: str) -> list[Outcome]:
-        """Outcomes for the jobs not yet decided when the session failed."""
+    def undecided(
+        self, jobs: list[Job], done: list[Outcome], reply: Reply, relay: str
+    ) -> list[Outcome]:
+        """Outcomes for the jobs not decided yet (`done` holds those decided)."""
         decided = {(o.job.message_id, o.job.rcpt_id) for o in done}
         now = self.clock()
         return [
@@ -218,7 +242,8 @@ class SendSide:
         """A session to the first host of `destination` that answers, in the
         order `relays` gives; waits while every host's gate is full."""
         targets = await self.targets(destination)
-        error = defer(f"4.4.5 every session to {destination or 'the smart host'} is busy")
+        busy = f"4.4.5 every session to {destination or 'the smart host'} is busy"
+        reply = policy.session_failed(busy)
         deadline = self.clock() + GATE_WAIT
         while self.clock() < deadline:
             tried = False
@@ -230,15 +255,18 @@ class SendSide:
                 tried = True
                 try:
                     return Link(await self.open(found), found, gate, destination)
-                except SessionError as exc:
-                    error = exc
+                except Exception as error:  # noqa: BLE001 - logged; the next host is tried
+                    reply = reply_for(error)
+                    log_trouble(str(found), reply, error)
+                    if policy.host_busy(reply):
+                        gate.shrink()
                 gate.leave()
                 self.freed.set()
-            if tried and error.reply.code != 421:
+            if tried and not policy.host_busy(reply):
                 break
             self.freed.clear()
             await wait_any(self.freed, self.freed, 1.0)
-        raise error
+        raise SessionError(reply)
 
     def gate(self, host: HostPort) -> Gate:
         if host not in self.gates:
@@ -246,23 +274,19 @@ class SendSide:
         return self.gates[host]
 
     async def open(self, target: Target) -> Outbound:
-        """Open one session; a host that cannot be reached goes last for a while,
-        a busy one (421) gets fewer sessions."""
+        """Open one session; a host that cannot be reached (or times out) goes
+        last for a while, a busy one (421) gets fewer sessions."""
         host = target.address
         try:
             login = credentials.login(self.gateway)
         except credentials.MissingSecret as exc:
-            raise defer(f"4.7.0 no AUTH password: {exc}") from exc
+            raise SessionError(f"4.7.0 no AUTH password: {exc}") from exc
         security = Security(self.gateway.tls, self.context, login)
         try:
             session = await Outbound.open(host.host, host.port, self.helo, security, target.name)
         except (OSError, TimeoutError) as exc:
             self.relays.dead(host, self.clock())
-            raise defer(f"4.4.1 cannot connect to {target}: {exc or 'timeout'}") from exc
-        except SessionError as exc:
-            if exc.reply.code == 421:
-                self.gate(host).shrink()
-            raise SessionError(Reply.of(min(exc.reply.code, 451), exc.reply.text)) from exc
+            raise SessionError(f"4.4.1 no session with {target}: {exc or 'timed out'}") from exc
         self.relays.alive(host)
         return session
 
@@ -306,7 +330,7 @@ class SendSide:
             if polite:
                 await link.session.quit()
             else:
-                link.session.writer.close()
+                link.session.close()
             link.gate.leave()
             self.freed.set()
 
@@ -349,3 +373,21 @@ class SendSide:
             dsn = notify.report(self.topo, job, failures, original, now)
             reports += [(job.message_id, dsn)] if dsn else []
         return reports
+
+
+def reply_for(error: Exception) -> Reply:
+    """What an error that ended a session means for the recipients it had not
+    decided: a 4.x.x reply (policy's word)."""
+    trouble = error.trouble if isinstance(error, SessionError) else policy.error_trouble(error)
+    return policy.session_failed(trouble)
+
+
+def log_trouble(relay: str, reply: Reply, error: Exception) -> None:
+    """One line naming the host and what went wrong; a traceback when it was not
+    the host's doing but ours."""
+    expected = isinstance(error, SessionError | ProtocolError | OSError)
+    shown = policy.one_line(f"{reply.code} {reply.text}")[:SHOWN]
+    if expected:
+        trouble_log.warning("%s: session ended: %s", relay, shown)
+    else:
+        trouble_log.error("%s: session ended: %s", relay, shown, exc_info=error)
