@@ -5,7 +5,9 @@ that runs the router and a send side on a temporary SQLite store.
 The smart host answers what its `Script` says: a reply per recipient, a
 dropped connection at a given command, 421 beyond N connections, slow
 replies, STARTTLS (with a trustme certificate) and AUTH PLAIN/LOGIN checked
-against one user and password. It records every message it accepted.
+against one user and password. It can misbehave at any stage of a session
+(see TROUBLES and STAGES). It records every message it accepted: one whose
+final reply it sent clean, after a DATA phase without other trouble.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import base64
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -33,10 +36,32 @@ from gatepost.topology import load
 
 T = TypeVar("T")
 
+STAGES = ("greeting", "EHLO", "STARTTLS", "AUTH", "MAIL", "RCPT", "DATA",
+          "content", "dot", "RSET", "QUIT")  # "dot": the reply to the final dot
+SENT_INSTEAD: dict[str, Callable[[bytes], bytes]] = {  # trouble -> what comes instead of the reply
+    "malformed": lambda reply: b"this is not SMTP\r\n",
+    "banner": lambda reply: b"SSH-2.0-OpenSSH_9.2\r\n",
+    "oversized": lambda reply: reply[:3] + b" " + b"x" * 70_000 + b"\r\n",
+    "code change": lambda reply: reply[:3] + b"-first\r\n299 second\r\n",
+    "truncated": lambda reply: reply[: len(reply) // 2],  # then the connection is closed
+    "refused": lambda reply: b"554 5.3.0 refused\r\n",
+}
+SENT_AFTER = {  # trouble -> what the host sends after its reply
+    "slow": b"",  # the reply comes, Script.slow seconds late
+    "garbage after": b"\x00\x1b[31mgarbage\xff\r\n",
+    "extra reply": b"250 2.0.0 unasked for\r\n",
+}
+TROUBLES = (*SENT_INSTEAD, *SENT_AFTER, "reset", "silent")  # reset: RST; silent: never answers
+
+
+class Hangup(Exception):
+    """The scripted host ends the session."""
+
 
 @dataclass
 class Script:
     rcpt: dict[str, str] = field(default_factory=dict)  # address -> reply ("550 5.1.1 no")
+    mail_reply: str = "250 2.1.0 ok"
     data_reply: str = "250 2.0.0 queued"
     drop_at: str | None = None  # close the connection when this verb arrives ("MAIL", "DATA")
     max_connections: int | None = None  # beyond: 421 at the greeting
@@ -44,6 +69,10 @@ class Script:
     tls: ssl.SSLContext | None = None  # offer STARTTLS with this server context
     login: tuple[str, str] | None = None  # require AUTH with this user and password
     mechanisms: str = "PLAIN LOGIN"
+    trouble: str | None = None  # one of TROUBLES, at stage `trouble_at`
+    trouble_at: str = "greeting"  # one of STAGES; at "content": after its first line
+    trouble_times: int | None = None  # how many times (None: every time)
+    slow: float = 0.3  # seconds a "slow" reply is late
 
 
 @dataclass
@@ -68,11 +97,12 @@ class ScriptedHost:
         self.peak = 0
         self.refused = 0  # connections answered 421
         self.greeted = 0
+        self.troubles = 0  # times the host misbehaved as its script says
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.server: asyncio.Server | None = None
-        self.writers: set[asyncio.StreamWriter] = set()
+        self.sessions: set[asyncio.Task[Any]] = set()
 
     def call(self, coro: Awaitable[T]) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)  # type: ignore[arg-type]
@@ -91,8 +121,9 @@ class ScriptedHost:
     async def _stop(self) -> None:
         if self.server is not None:
             self.server.close()
-            for writer in list(self.writers):
-                writer.close()
+            for task in list(self.sessions):
+                task.cancel()  # each closes its connection
+            await asyncio.gather(*self.sessions, return_exceptions=True)
             await self.server.wait_closed()
             self.server = None
 
@@ -108,8 +139,23 @@ class ScriptedHost:
     def recipients(self) -> list[str]:
         return sorted(r for message in self.received for r in message.recipients)
 
+    def copies(self, subject: str) -> int:
+        """How many messages with this Subject the host accepted."""
+        line = f"Subject: {subject}\r\n".encode()
+        return sum(line in message.content for message in self.received)
+
+    def trouble_due(self) -> str | None:
+        """The trouble to cause now (counted), if the script holds one still."""
+        times = self.script.trouble_times
+        if self.script.trouble is None or (times is not None and self.troubles >= times):
+            return None
+        self.troubles += 1
+        return self.script.trouble
+
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.writers.add(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self.sessions.add(task)
         self.open += 1
         self.peak = max(self.peak, self.open)
         try:
@@ -121,11 +167,11 @@ class ScriptedHost:
                 return
             self.greeted += 1
             await _Session(self, reader, writer).run()
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, Hangup):
             pass
         finally:
             self.open -= 1
-            self.writers.discard(writer)
+            self.sessions.discard(task)
             writer.close()
 
 
@@ -137,16 +183,48 @@ class _Session:
         self.user: str | None = None
         self.sender: str | None = None
         self.recipients: list[str] = []
+        self.misbehaved = False  # during DATA: the message that follows is not recorded
 
     async def reply(self, *lines: str) -> None:
         if self.script.delay:
             await asyncio.sleep(self.script.delay)
-        code, text = lines[0][:3], [line[4:] for line in lines]
-        last = len(text) - 1
-        self.writer.write(b"".join(
-            f"{code}{' ' if i == last else '-'}{t}\r\n".encode() for i, t in enumerate(text)
-        ))
+        self.writer.write(wire(lines))
         await self.writer.drain()
+
+    def trouble(self, stage: str) -> str | None:
+        """The trouble to cause at `stage`, if any."""
+        trouble = self.host.trouble_due() if self.script.trouble_at == stage else None
+        if stage in ("DATA", "content") and trouble not in (None, "slow"):
+            self.misbehaved = True
+        return trouble
+
+    async def answer(self, stage: str, *lines: str) -> bool:
+        """Reply with `lines` at `stage`, or misbehave as the script says there."""
+        return await self.answer_with(self.trouble(stage), *lines)
+
+    async def answer_with(self, trouble: str | None, *lines: str) -> bool:
+        """True when the reply went out clean (perhaps late, perhaps followed by more)."""
+        if trouble is None:
+            await self.reply(*lines)
+            return True
+        if trouble == "slow":
+            await asyncio.sleep(self.script.slow)
+        await self.misbehave(trouble, wire(lines))
+        return trouble in SENT_AFTER
+
+    async def misbehave(self, trouble: str, reply: bytes) -> None:
+        if trouble == "silent":
+            await asyncio.Event().wait()  # until the host stops
+        if trouble == "reset":
+            sock = self.writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.writer.transport.abort()
+            raise Hangup("reset")
+        instead = SENT_INSTEAD.get(trouble)
+        self.writer.write(instead(reply) if instead else reply + SENT_AFTER[trouble])
+        await self.writer.drain()
+        if trouble == "truncated":
+            raise Hangup("truncated")
 
     async def line(self) -> str:
         data = await self.reader.readline()
@@ -155,7 +233,7 @@ class _Session:
         return data.decode("utf-8", "replace").rstrip("\r\n")
 
     async def run(self) -> None:
-        await self.reply("220 scripted ESMTP")
+        await self.answer("greeting", "220 scripted ESMTP")
         while True:
             line = await self.line()
             verb, _, arg = line.partition(" ")
@@ -163,7 +241,7 @@ class _Session:
             if verb == self.script.drop_at:
                 return
             if verb == "QUIT":
-                await self.reply("221 2.0.0 bye")
+                await self.answer("QUIT", "221 2.0.0 bye")
                 return
             handler = getattr(self, f"do_{verb.lower()}", None)
             if handler is None:
@@ -177,16 +255,16 @@ class _Session:
             lines.append("250 STARTTLS")
         if self.script.login is not None:
             lines.append(f"250 AUTH {self.script.mechanisms}")
-        await self.reply(*lines)
+        await self.answer("EHLO", *lines)
 
     async def do_helo(self, arg: str) -> None:
         await self.reply("250 scripted")
 
     async def do_starttls(self, arg: str) -> None:
         assert self.script.tls is not None
-        await self.reply("220 2.0.0 go ahead")
-        await self.writer.start_tls(self.script.tls)
-        self.tls = True
+        if await self.answer("STARTTLS", "220 2.0.0 go ahead"):
+            await self.writer.start_tls(self.script.tls)
+            self.tls = True
 
     async def do_auth(self, arg: str) -> None:
         mechanism, _, initial = arg.partition(" ")
@@ -199,7 +277,7 @@ class _Session:
             password = decode(await self.line())
         if (user, password) == self.script.login:
             self.user = user
-            await self.reply("235 2.7.0 authenticated")
+            await self.answer("AUTH", "235 2.7.0 authenticated")
         else:
             await self.reply("535 5.7.8 bad credentials")
 
@@ -207,37 +285,50 @@ class _Session:
         if self.script.login is not None and self.user is None:
             await self.reply("530 5.7.0 authentication required")
             return
-        self.sender = arg.split(":", 1)[1].split(">")[0].lstrip(" <")
+        sender = arg.split(":", 1)[1].split(">")[0].lstrip(" <")
+        self.sender = sender if self.script.mail_reply.startswith("2") else None
         self.recipients = []
-        await self.reply("250 2.1.0 ok")
+        await self.answer("MAIL", self.script.mail_reply)
 
     async def do_rcpt(self, arg: str) -> None:
         address = arg.split(":", 1)[1].split(">")[0].lstrip(" <")
         answer = self.script.rcpt.get(address, "250 2.1.5 ok")
         if answer.startswith("2"):
             self.recipients.append(address)
-        await self.reply(answer)
+        await self.answer("RCPT", answer)
 
     async def do_data(self, arg: str) -> None:
         if self.sender is None or not self.recipients:
             await self.reply("554 5.5.1 no valid recipients")
             return
-        await self.reply("354 go on")
-        lines = []
+        if not await self.answer("DATA", "354 go on"):
+            return
+        content, trouble = await self.content(), self.trouble("dot")
+        accepted = self.script.data_reply.startswith("2") and not self.misbehaved
+        if accepted and trouble in (None, *SENT_AFTER):
+            port = self.writer.get_extra_info("sockname")[1]
+            self.host.received.append(
+                Received(self.sender, self.recipients, content, self.tls, self.user, port)
+            )
+        self.sender, self.recipients = None, []
+        await self.answer_with(trouble, self.script.data_reply)
+
+    async def content(self) -> bytes:
+        """The message, unstuffed; the "content" trouble comes after its first line."""
+        lines: list[bytes] = []
         while (data := await self.reader.readline()) != b".\r\n":
             if not data:
                 raise ConnectionError("closed in DATA")
             lines.append(data[1:] if data.startswith(b".") else data)
-        port = self.writer.get_extra_info("sockname")[1]
-        self.host.received.append(
-            Received(self.sender, self.recipients, b"".join(lines), self.tls, self.user, port)
-        )
-        self.sender, self.recipients = None, []
-        await self.reply(self.script.data_reply)
+            if len(lines) == 1 and (trouble := self.trouble("content")) is not None:
+                await self.answer_with(trouble)
+                if trouble != "slow":  # whatever came instead of content ends it
+                    raise Hangup("trouble during content")
+        return b"".join(lines)
 
     async def do_rset(self, arg: str) -> None:
         self.sender, self.recipients = None, []
-        await self.reply("250 2.0.0 ok")
+        await self.answer("RSET", "250 2.0.0 ok")
 
     async def do_noop(self, arg: str) -> None:
         await self.reply("250 2.0.0 ok")
@@ -245,6 +336,12 @@ class _Session:
 
 def decode(text: str) -> str:
     return base64.b64decode(text).decode("utf-8")
+
+
+def wire(lines: Iterable[str]) -> bytes:
+    """Reply lines ("250 first", "250 last") as sent: b"250-first\r\n250 last\r\n"."""
+    *more, last = list(lines) or [""]
+    return b"".join(f"{line[:3]}-{line[4:]}\r\n".encode() for line in more) + f"{last}\r\n".encode()
 
 
 class DnsServer:
@@ -356,6 +453,10 @@ class Harness:
         self.stop.set()
         await asyncio.wait_for(asyncio.gather(*self.tasks), 20)
         await self.store.aclose()
+
+    def alive(self) -> bool:
+        """Do the router and the send side still run (a worker that ends ends it)?"""
+        return all(not task.done() for task in self.tasks)
 
     async def submit(self, sender: str, recipients: Iterable[str], subject: str = "hello",
                      body: str = "hi\r\n") -> str:
