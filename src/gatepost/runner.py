@@ -3,7 +3,10 @@
 Roles: "router", "gateway:NAME" (its receive and/or send side, as its role
 says) and "capture". Every role talks to the others only through the store;
 in-process wake-ups are hints, the periodic scans guarantee progress.
-SIGTERM and SIGINT stop accepting, finish what is in flight, and return.
+SIGTERM and SIGINT stop accepting, finish what is in flight, and return; the
+`gatepost run` process ignores them from then on (`ignore_stop_signals`): the
+stop may be signalled twice (to the whole process group, and by the supervisor)
+while the process is on its way out, and must not kill it then.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 from gatepost.receive import ReceiveSide
@@ -23,6 +26,7 @@ from gatepost.store import AsyncStore, StoreDamaged, open_store
 from gatepost.topology import Topology
 
 log = logging.getLogger("gatepost.run")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def all_roles(topo: Topology) -> list[str]:
@@ -122,11 +126,41 @@ async def opening(store: AsyncStore, url: str) -> None:
         raise StartError(f"network.store {url}: cannot open: {error}") from error
 
 
+@contextlib.contextmanager
+def stop_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop` inside the block; then what was there before
+    is put back. Plain signal handlers, not the loop's: closing the loop would
+    put the default (fatal) action back, whatever the process wanted."""
+    loop = asyncio.get_running_loop()
+
+    def handler(signum: int, frame: object) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(stop.set)
+
+    before = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, previous in before.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+
+
+def ignore_stop_signals() -> None:
+    """For a process that serves and then exits: outside `serve` (just before
+    and all the way out) a stop signal is ignored, never fatal."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 async def serve(topo: Topology, roles: list[str], announce: Callable[[list[str]], None]) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    with stop_signals(stop):
+        await serve_roles(topo, roles, announce, stop)
+
+
+async def serve_roles(
+    topo: Topology, roles: list[str], announce: Callable[[list[str]], None], stop: asyncio.Event
+) -> None:
     store = AsyncStore(lambda: open_store(topo.store))
     try:
         await opening(store, topo.store)
@@ -154,10 +188,11 @@ async def first_failure(
     stopped = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
-    ended = [task for task in tasks if task in done]
-    if stop.is_set() and not ended:
-        return None
-    error = (ended[0].exception() if ended else None) or RuntimeError("a loop ended by itself")
+    errors = [task.exception() for task in tasks if task in done]
+    failed = [error for error in errors if error is not None]
+    if stop.is_set() and not failed:
+        return None  # a loop that saw the stop first may end with it: that is no failure
+    error = failed[0] if failed else RuntimeError("a loop ended by itself")
     log.error("stopping: a worker loop failed: %r", error)
     return error
 
