@@ -317,3 +317,92 @@ def sunk_subjects(sink: Sink) -> list[str]:
                 subjects.append(line.split(b":", 1)[1].strip().decode())
                 break
     return subjects
+
+
+# ---------------------------------------------------------------------------
+# `gatepost run` as a process group of its own (test_supervisor). Appended.
+
+import datetime as _datetime
+import re as _re
+from typing import Self as _Self
+
+_LOG_TIME = _re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+
+
+def logged_at(line: str) -> float:
+    """The time a gatepost log line was written, in seconds (its %(asctime)s)."""
+    found = _LOG_TIME.match(line)
+    assert found, f"not a log line: {line!r}"
+    stamp = _datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
+
+
+def role_pid(parent: int, role: str) -> int | None:
+    """The pid of the `gatepost run --only ROLE` child of process `parent`, from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        only = command.index(b"--only") + 1 if b"--only" in command else len(command)
+        if f"\nPPid:\t{parent}\n" in status and command[only:only + 1] == [role.encode()]:
+            return int(entry.name)
+    return None
+
+
+class GroupRun:
+    """`gatepost run` (the supervisor and its children) in a session and process
+    group of its own, as systemd starts a service: signals go to the whole group.
+    Leaving the `with` block kills whatever of the group is left."""
+
+    def __init__(self, config: Path) -> None:
+        self.log = config.parent / "gatepost-group.log"
+        self.handle = self.log.open("ab")
+        self.mark = self.log.stat().st_size
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gatepost", "-c", str(config), "run"],
+            stdout=self.handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            wait_for(self.ready, 60, "gatepost run to be ready")
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> _Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def output(self) -> str:
+        """What this run wrote to its log (earlier runs of the same config excluded)."""
+        return self.log.read_bytes()[self.mark:].decode(errors="replace")
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"gatepost run exited early:\n{self.output()}")
+        return "gatepost: ready" in self.output()
+
+    def signal_group(self, signum: int) -> None:
+        os.killpg(self.process.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+    def alive(self) -> bool:
+        """Is any process of the group left (the supervisor reaped or not)?"""
+        try:
+            os.killpg(self.process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.alive():
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+        self.handle.close()
