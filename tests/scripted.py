@@ -19,7 +19,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -338,10 +338,10 @@ def decode(text: str) -> str:
     return base64.b64decode(text).decode("utf-8")
 
 
-def wire(lines: Iterable[str]) -> bytes:
+def wire(lines: Sequence[str]) -> bytes:
     """Reply lines ("250 first", "250 last") as sent: b"250-first\r\n250 last\r\n"."""
-    *more, last = list(lines) or [""]
-    return b"".join(f"{line[:3]}-{line[4:]}\r\n".encode() for line in more) + f"{last}\r\n".encode()
+    ends = ["-"] * (len(lines) - 1) + [" "]
+    return b"".join(f"{line[:3]}{end}{line[4:]}\r\n".encode() for line, end in zip(lines, ends))
 
 
 class DnsServer:
