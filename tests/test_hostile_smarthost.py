@@ -14,6 +14,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
@@ -205,6 +206,40 @@ def test_a_peer_that_stops_reading_costs_one_timeout(
 
     asyncio.run(main())
     assert host.copies("large") == 1
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), ssl.SSLError(1, "decryption failed")],
+                         ids=["bug", "ssl"])
+def test_any_error_in_a_session_defers_and_the_worker_goes_on(
+    tmp_path: Path, host: ScriptedHost, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture, error: Exception,
+) -> None:
+    """An error of our own making is logged with its traceback; the mail waits."""
+    transact = outbound.Outbound.transact
+    failures = [error]
+
+    async def failing(session: outbound.Outbound, *args: Any) -> list[Reply]:
+        if failures:
+            raise failures.pop()
+        return await transact(session, *args)
+
+    monkeypatch.setattr(outbound.Outbound, "transact", failing)
+    clock = Clock()
+
+    async def main() -> None:
+        async with Harness(tmp_path, f'smarthost = "{host.address}"\nmax_sessions = 1', "",
+                           clock) as h:
+            qid = await h.submit(ALICE, [RCPT], subject="first")
+            first = await outcome(h, qid)
+            assert first.event == "deferred" and DEFERRAL.search(first.detail), first.detail
+            assert h.alive()
+            await delivered(h, clock, qid)
+
+    asyncio.run(main())
+    assert host.copies("first") == 1
+    [logged] = [r for r in caplog.records if r.name == "gatepost.send.session"]
+    assert str(error) in logged.getMessage()
+    assert (logged.exc_info is not None) == isinstance(error, RuntimeError)
 
 
 @pytest.mark.parametrize(
