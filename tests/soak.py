@@ -10,11 +10,22 @@ land; none of them may ever be delivered. At the end the queue must drain;
 `lost` (acknowledged with 250 but never delivered) must be 0, and duplicates
 at most the jobs in flight (leased) at the kills. Used by tests/test_crash.py
 with a few hundred messages.
+
+    .venv/bin/python tests/soak.py --purge 5 --messages 20000 --kills 10
+
+`--purge SECONDS` shortens the retentions (final jobs, trace rows, orphan spool
+files) to SECONDS and purges five times as often; every message then goes out
+to the capture sink (a local mailbox keeps its mail by design), and the "half"
+sessions are large, so that each kill of the receive side leaves an orphan
+spool file behind. The store's size (db + wal + spool folder) is sampled every
+second; once purging has started it must stay flat: after the warm-up it may
+grow by at most FLAT of the bytes per message that the warm-up took.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import re
 import signal
@@ -60,14 +71,27 @@ dir = "var/captured"
 retry_min = 1
 retry_max = 2
 """
+RETENTIONS = "final_retention = {0}\ntrace_retention = {0}\n"
 RECIPIENTS = ("alice@hq.soak.example", "carol@sales.soak.example", "someone@example.org")
+OUTSIDE = ("someone@example.org", "other@example.net")  # --purge: nothing stays in a mailbox
+FLAT = 0.2  # --purge: growth per message after the warm-up, as a share of the warm-up's
+BIG_HALF = 1_100_000  # --purge: a half session's bytes, past SPOOL_ABOVE: a spool file
 SPLIT = ("router", "gateway:GW1", "capture")
 ALL_IN_ONE = ("router,gateway:GW1,capture",)
 TOKEN = re.compile(rb"^X-Soak-Id: (\S+)\r?$", re.MULTILINE)
-LAUNCH = (
-    "import sys, gatepost.policy as p; p.LEASE = float(sys.argv.pop(1)); "
-    "from gatepost.cli import main; sys.argv[0] = 'gatepost'; main()"
-)
+LAUNCH = """if True:
+    import sys
+    import gatepost.policy as policy
+    import gatepost.store.sqlite as sqlite
+    policy.LEASE = float(sys.argv.pop(1))
+    retention = float(sys.argv.pop(1))  # 0: as configured
+    if retention:  # the [delivery] settings say the same, for a router that reads them
+        policy.KEEP_FINAL = sqlite.ORPHAN_GRACE = retention
+        policy.PURGE_EVERY = retention / 5
+    from gatepost.cli import main
+    sys.argv[0] = "gatepost"
+    main()
+"""
 
 
 def free_port() -> int:
@@ -79,8 +103,8 @@ def free_port() -> int:
 class Process:
     """One `gatepost run --only ROLES` process, restartable after kill -9."""
 
-    def __init__(self, config: Path, roles: str) -> None:
-        self.config, self.roles = config, roles
+    def __init__(self, config: Path, roles: str, retention: float = 0.0) -> None:
+        self.config, self.roles, self.retention = config, roles, retention
         self.log = config.parent / f"{roles.replace(':', '_').replace(',', '+')}.log"
         self.handle = self.log.open("ab")
         self.popen: subprocess.Popen[bytes] | None = None
@@ -88,8 +112,8 @@ class Process:
     def start(self) -> None:
         mark = self.log.stat().st_size
         self.popen = subprocess.Popen(
-            [sys.executable, "-c", LAUNCH, str(LEASE), "-c", str(self.config), "run",
-             "--only", self.roles],
+            [sys.executable, "-c", LAUNCH, str(LEASE), str(self.retention), "-c",
+             str(self.config), "run", "--only", self.roles],
             stdout=self.handle, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30
@@ -141,12 +165,12 @@ def connect(port: int) -> smtplib.SMTP:
             time.sleep(0.05)
 
 
-def load(port: int, tokens: list[str], tally: Tally) -> None:
+def load(port: int, tokens: list[str], tally: Tally, recipients: tuple[str, ...]) -> None:
     """Send each token's message once; a session broken after the message was
     sent just loses its ack (the client does not send it again)."""
     smtp: smtplib.SMTP | None = None
     for token in tokens:
-        recipient = RECIPIENTS[int(token.rsplit("-", 1)[1]) % len(RECIPIENTS)]
+        recipient = recipients[int(token.rsplit("-", 1)[1]) % len(recipients)]
         try:
             smtp = smtp or connect(port)
             smtp.ehlo_or_helo_if_needed()
@@ -160,8 +184,9 @@ def load(port: int, tokens: list[str], tally: Tally) -> None:
             time.sleep(0.05)
 
 
-def half_sessions(port: int, tally: Tally, stop: threading.Event) -> None:
-    """Keep a session in the middle of DATA; a new one whenever it is cut."""
+def half_sessions(port: int, tally: Tally, stop: threading.Event, size: int = 200) -> None:
+    """Keep a session in the middle of DATA, `size` bytes into its message; a
+    new one whenever it is cut."""
     count = 0
     while not stop.is_set():
         count += 1
@@ -173,7 +198,9 @@ def half_sessions(port: int, tally: Tally, stop: threading.Event) -> None:
                 for line in commands.split("\r\n")[:-1]:
                     sock.sendall(line.encode() + b"\r\n")
                     read_reply(sock)
-                sock.sendall(message(token, RECIPIENTS[count % 3])[:200])
+                filler = b"x" * 78 + b"\r\n"
+                text = message(token, RECIPIENTS[count % 3]) + filler * (size // len(filler))
+                sock.sendall(text[:size])
                 with tally.lock:
                     tally.half.append(token)
                 while not stop.is_set() and sock.recv(100):
@@ -233,6 +260,81 @@ def drain(db: Path, timeout: float) -> int:
     return open_jobs
 
 
+def store_bytes(db: Path) -> int:
+    """The store's size on disk: the database, its WAL and its spool folder."""
+    spool = db.with_name(db.name + ".spool")
+    paths = [db, db.with_name(db.name + "-wal"), *(spool.iterdir() if spool.is_dir() else ())]
+    total = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
+
+
+class Sizes(threading.Thread):
+    """Samples (seconds since the load began, messages sent, store bytes) each second."""
+
+    def __init__(self, db: Path, tally: Tally) -> None:
+        super().__init__(daemon=True)
+        self.db, self.tally = db, tally
+        self.samples: list[tuple[float, int, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        while not self.done.wait(1.0):
+            self.samples.append((time.monotonic() - started, len(self.tally.sent),
+                                 store_bytes(self.db)))
+
+
+@dataclass
+class Growth:
+    """The store's size once purging has started, against the warm-up before it."""
+
+    warm_sent: int
+    warm_bytes: int
+    later_sent: int
+    peak_bytes: int
+
+    @property
+    def share(self) -> float:
+        """Bytes per message after the warm-up, as a share of the warm-up's."""
+        per_message = max(self.warm_bytes / max(self.warm_sent, 1), 1.0)
+        return (self.peak_bytes - self.warm_bytes) / max(self.later_sent, 1) / per_message
+
+    @property
+    def long_enough(self) -> bool:
+        return self.later_sent >= self.warm_sent
+
+    def __str__(self) -> str:
+        mib = 1 << 20
+        return (f"{self.warm_bytes / mib:.1f} MiB after the warm-up ({self.warm_sent} messages), "
+                f"peak {self.peak_bytes / mib:.1f} MiB over the next {self.later_sent}: "
+                f"{self.share:.0%} of the warm-up's bytes per message (flat: {FLAT:.0%} or less"
+                f"{'' if self.long_enough else '; too short a run to tell'})")
+
+
+def growth(samples: list[tuple[float, int, int]], warm_up: float) -> Growth:
+    warm = [s for s in samples if s[0] <= warm_up] or [(0.0, 0, 0)]
+    later = [s for s in samples if s[0] > warm_up]
+    _, sent, size = warm[-1]
+    return Growth(sent, size, (later[-1][1] if later else sent) - sent,
+                  max([size, *(s[2] for s in later)]))
+
+
+def trajectory(samples: list[tuple[float, int, int]], points: int = 10) -> str:
+    """A few of the samples: seconds, messages sent, store MiB."""
+    step = max(len(samples) // points, 1)
+    return ", ".join(f"{s:.0f} s {sent} {size / (1 << 20):.1f}" for s, sent, size in samples[::step])
+
+
+def logged_bounces(root: Path) -> int:
+    """Bounces the processes logged: purging may have removed their jobs."""
+    lines = (line for log in root.glob("*.log") for line in log.read_text(errors="replace")
+             .splitlines())
+    return sum(1 for line in lines if "bounced to=<" in line or "status=bounced" in line)
+
+
 @dataclass
 class Result:
     mode: str
@@ -247,32 +349,42 @@ class Result:
     in_flight: int
     waiting: int
     bounced: int
+    growth: Growth | None = None  # --purge only
+    sizes: list[tuple[float, int, int]] = field(default_factory=list)  # --purge: Sizes.samples
 
     @property
     def ok(self) -> bool:
+        flat = self.growth is None or (self.growth.long_enough and self.growth.share <= FLAT)
         return (self.lost == 0 and self.half_delivered == 0 and self.waiting == 0
-                and self.bounced == 0 and self.duplicated <= self.in_flight)
+                and self.bounced == 0 and self.duplicated <= self.in_flight and flat)
 
 
 def soak(root: Path, mode: str, messages: int, kills: int, clients: int = 6,
-         seed: int | None = None) -> Result:
-    """One run: `mode` is "split" (router, gateway, capture processes) or "all"."""
+         seed: int | None = None, retention: float = 0.0) -> Result:
+    """One run: `mode` is "split" (router, gateway, capture processes) or "all";
+    `retention` > 0 purges with that retention and samples the store's size."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     listen = free_port()
     config = root / "soak.toml"
-    config.write_text(TOPOLOGY.format(listen=listen, smarthost=free_port()))
+    config.write_text(TOPOLOGY.format(listen=listen, smarthost=free_port())
+                      + (RETENTIONS.format(retention) if retention else ""))
     db = root / "var" / "soak.db"
-    processes = [Process(config, roles) for roles in (SPLIT if mode == "split" else ALL_IN_ONE)]
+    processes = [Process(config, roles, retention)
+                 for roles in (SPLIT if mode == "split" else ALL_IN_ONE)]
     for process in processes:
         process.start()
     tally, stop = Tally(), threading.Event()
+    sizes = Sizes(db, tally)
     tokens = [f"{mode}-{n}" for n in range(messages)]
-    loaders = [threading.Thread(target=load, args=(listen, tokens[i::clients], tally))
+    recipients = OUTSIDE if retention else RECIPIENTS
+    loaders = [threading.Thread(target=load, args=(listen, tokens[i::clients], tally, recipients))
                for i in range(clients)]
-    halves = [threading.Thread(target=half_sessions, args=(listen, tally, stop)) for _ in range(2)]
+    halves = [threading.Thread(target=half_sessions,
+                               args=(listen, tally, stop, BIG_HALF if retention else 200))
+              for _ in range(2)]
     try:
-        for thread in loaders + halves:
+        for thread in [*loaders, *halves, *([sizes] if retention else [])]:
             thread.start()
         kill_at = sorted(rng.uniform(0.1, 0.9) * messages for _ in range(kills))
         victims = rng.sample(processes, len(processes))  # each process at least once
@@ -287,6 +399,7 @@ def soak(root: Path, mode: str, messages: int, kills: int, clients: int = 6,
             victim.start()
         for thread in loaders:
             thread.join()
+        sizes.done.set()
         stop.set()
         for thread in halves:
             thread.join()
@@ -309,7 +422,9 @@ def soak(root: Path, mode: str, messages: int, kills: int, clients: int = 6,
         kills=len(tally.kills),
         in_flight=tally.in_flight_at_kills,
         waiting=waiting,
-        bounced=bounced,
+        bounced=max(bounced, logged_bounces(root)),
+        growth=growth(sizes.samples, 2 * retention) if retention else None,
+        sizes=sizes.samples,
     )
 
 
@@ -331,11 +446,19 @@ def main() -> int:
     parser.add_argument("--modes", default="split,all")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/gatepost-soak"))
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--purge", type=float, default=0.0, metavar="SECONDS",
+                        help="retention of final jobs, trace rows and orphan spool files; "
+                             "samples the store's size, which must stay flat (default: off)")
     args = parser.parse_args()
     started = time.monotonic()
-    results = [soak(args.dir / mode, mode, args.messages, args.kills, seed=args.seed)
+    results = [soak(args.dir / mode, mode, args.messages, args.kills, seed=args.seed,
+                    retention=args.purge)
                for mode in args.modes.split(",")]
     print(table(results))
+    for result in results:
+        if result.growth is not None:
+            print(f"{result.mode}: store size {result.growth}\n  (seconds, messages sent, MiB) "
+                  f"{trajectory(result.sizes)}")
     print(f"({time.monotonic() - started:.0f} s; in_flight = jobs leased at the kills plus one "
           "DATA per client: the bound on duplicates)")
     failed = [r.mode for r in results if not r.ok]
