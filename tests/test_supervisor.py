@@ -153,3 +153,32 @@ def test_a_stop_signal_to_the_whole_process_group_after_a_burst_of_mail_exits_0(
         assert code == 0, f"round {round_number}: status {code}:\n{run.output()[-3000:]}"
         assert not left, f"round {round_number}: a process of the group outlived gatepost run"
 
+
+def signal_until_gone(run: GroupRun, signum: int, timeout: float = 30.0) -> int:
+    """Send `signum` to the whole group every few milliseconds until `gatepost run`
+    exited (Ctrl-C pressed again and again); its exit status."""
+    deadline = time.monotonic() + timeout
+    while run.process.poll() is None and time.monotonic() < deadline:
+        try:
+            run.signal_group(signum)
+        except ProcessLookupError:
+            break
+        time.sleep(0.005)
+    return run.wait(10)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_repeated_while_the_group_stops_never_kills_a_process(
+    make_net: MakeNet, signum: int
+) -> None:
+    """A process that finished serving ignores further stop signals, and the
+    supervisor takes a child ended by the signal after the stop for stopped."""
+    net = make_net(None)
+    with GroupRun(net.config) as run:
+        burst(net.port, 0)
+        code = signal_until_gone(run, signum)
+        left = run.alive()
+    assert code == 0, run.output()[-3000:]
+    assert "stopped with status" not in run.output()
+    assert not left
+

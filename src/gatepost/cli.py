@@ -138,7 +138,7 @@ def run_command(config: Path | None, only: str | None, guide: bool, verbose: boo
     """Run the topology until SIGTERM or Ctrl-C: every role in a process of its
     own, or --only the roles named, in this process."""
     from gatepost import runner  # here: the other commands start faster without it
-    from gatepost.supervisor import Supervisor
+    from gatepost.supervisor import Supervisor, ignore_stop_signals
 
     topo = topology(config)
     try:
@@ -151,7 +151,7 @@ def run_command(config: Path | None, only: str | None, guide: bool, verbose: boo
     if only is None:
         supervisor = Supervisor(path.resolve(), runner.process_roles(topo), verbose)
         sys.exit(supervisor.run(announce))
-    runner.ignore_stop_signals()  # never fatal: serving turns them into a clean stop
+    ignore_stop_signals()  # never fatal: serving turns them into a clean stop
     try:
         runner.run(topo, roles, views.to_fd(ready_fd) if ready_fd is not None else announce)
     except runner.StartError as error:

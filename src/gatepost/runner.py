@@ -4,7 +4,7 @@ Roles: "router", "gateway:NAME" (its receive and/or send side, as its role
 says) and "capture". Every role talks to the others only through the store;
 in-process wake-ups are hints, the periodic scans guarantee progress.
 SIGTERM and SIGINT stop accepting, finish what is in flight, and return; the
-`gatepost run` process ignores them from then on (`ignore_stop_signals`): the
+`gatepost run` process ignores them outside `serve` (`ignore_stop_signals`): the
 stop may be signalled twice (to the whole process group, and by the supervisor)
 while the process is on its way out, and must not kill it then.
 """
@@ -23,10 +23,10 @@ from gatepost.receive.capture import Capture
 from gatepost.router import Router
 from gatepost.send import SendSide
 from gatepost.store import AsyncStore, StoreDamaged, open_store
+from gatepost.supervisor import STOP_SIGNALS
 from gatepost.topology import Topology
 
 log = logging.getLogger("gatepost.run")
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def all_roles(topo: Topology) -> list[str]:
@@ -143,13 +143,6 @@ def stop_signals(stop: asyncio.Event) -> Iterator[None]:
     finally:
         for signum, previous in before.items():
             signal.signal(signum, signal.SIG_DFL if previous is None else previous)
-
-
-def ignore_stop_signals() -> None:
-    """For a process that serves and then exits: outside `serve` (just before
-    and all the way out) a stop signal is ignored, never fatal."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
 
 
 async def serve(topo: Topology, roles: list[str], announce: Callable[[list[str]], None]) -> None:

@@ -38,6 +38,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 CLEAN_STOP = (0, -signal.SIGTERM, -signal.SIGINT)  # exit statuses after a stop began
 
 
+def ignore_stop_signals() -> None:
+    """From here to the exit a stop signal is ignored, never fatal: the stop is
+    under way, and at exit Python puts back the default (fatal) action of its
+    own handlers. Used by the supervisor and by a role's process."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def restart_delay(failures: int) -> float:
     """Seconds before starting again a role that failed `failures` times in a row."""
     return min(MAX_DELAY, FIRST_DELAY * 2.0 ** min(max(failures - 1, 0), 30))
@@ -205,6 +213,7 @@ class Supervisor:
     def shutdown(self) -> int:
         """SIGTERM every child once, wait, kill what is left; 0 when each stopped
         cleanly (a role waiting to be restarted has no process to stop)."""
+        ignore_stop_signals()  # pressed again: the stop is under way already
         children = [slot.child for slot in self.slots.values() if slot.child is not None]
         for child in children:
             child.terminate()
