@@ -88,8 +88,8 @@ LAUNCH = """if True:
     import gatepost.store.sqlite as sqlite
     policy.LEASE = float(sys.argv.pop(1))
     retention = float(sys.argv.pop(1))  # 0: as configured
-    if retention:  # the [delivery] settings say the same, for a router that reads them
-        policy.KEEP_FINAL = sqlite.ORPHAN_GRACE = retention
+    if retention:  # the [delivery] retentions are in the topology; these are not settings
+        sqlite.ORPHAN_GRACE = retention
         policy.PURGE_EVERY = retention / 5
     from gatepost.cli import main
     sys.argv[0] = "gatepost"

@@ -19,7 +19,6 @@ from gatepost.topology.model import Delivery
 LEASE = 120.0  # how long a claim stays valid without renewal
 HEARTBEAT = 1.0  # how often a running gateway says so in the store
 HEARTBEAT_TTL = 5.0  # a gateway silent for longer is taken as stopped
-KEEP_FINAL = Delivery().final_retention  # until the router reads [delivery] final_retention
 PURGE_EVERY = 600.0  # how often the router purges: an orphan spool file goes within 1 h 10 min
 BUSY_RETRY = 5.0  # seconds before mail refused with 421 (too busy) is tried again
 DEAD_HOST = 60.0  # a smart host that could not be reached is tried last for this long

@@ -92,9 +92,14 @@ class Router:
                 await self.failover(time.time())
             if time.time() - purged >= policy.PURGE_EVERY:
                 purged = time.time()
-                await self.store.purge(purged - policy.KEEP_FINAL)
+                await self.purge(purged)
             if not await self.step():
                 await idle(self.store, ROUTER, self.wakeup, stop, policy.HEARTBEAT)
+
+    async def purge(self, now: float) -> None:
+        """Forget what the [delivery] retentions keep no longer."""
+        delivery = self.topo.delivery
+        await self.store.purge(now - delivery.final_retention, now, now - delivery.trace_retention)
 
     async def step(self) -> int:
         """Route one batch; returns how many jobs it handled."""
