@@ -5,7 +5,10 @@ restart them, and count what the clients were promised against what arrived.
 
 Each message has one recipient (a local mailbox, a mailbox one hop away, or a
 foreign address the send side carries to the capture smart host) and a unique
-X-Soak-Id. Alongside, "half" sessions sit in the middle of DATA when the kills
+X-Soak-Id. In mode "unruly" the smart host is tests/unruly.py, which misbehaves
+in one session of two (at any stage: garbage, resets, silence, a code that
+changes mid-reply, 421, 4xx, a 5xx to RSET) and counts only what it accepted with
+a 250 it could write; nothing may bounce and nothing acknowledged may be lost. Alongside, "half" sessions sit in the middle of DATA when the kills
 land; none of them may ever be delivered. At the end the queue must drain;
 `lost` (acknowledged with 250 but never delivered) must be 0, and duplicates
 at most the jobs in flight (leased) at the kills. Used by tests/test_crash.py
@@ -64,15 +67,18 @@ listen = "127.0.0.1:{listen}"
 smarthost = "127.0.0.1:{smarthost}"
 serves = ["HQ", "SALES"]
 relay_from = ["127.0.0.0/8"]
-
-[capture]
-listen = "127.0.0.1:{smarthost}"
-dir = "var/captured"
+max_per_session = {per_session}
 
 [delivery]
 retry_min = 1
 retry_max = 2
 """
+CAPTURE = """
+[capture]
+listen = "127.0.0.1:{smarthost}"
+dir = "var/captured"
+"""
+UNRULY = 0.5  # mode "unruly": the share of the smart host's sessions that misbehave
 RETENTIONS = "final_retention = {0}\ntrace_retention = {0}\n"
 RECIPIENTS = ("alice@hq.soak.example", "carol@sales.soak.example", "someone@example.org")
 OUTSIDE = ("someone@example.org", "other@example.net")  # --purge: nothing stays in a mailbox
@@ -80,6 +86,7 @@ FLAT = 0.2  # --purge: growth per message after the warm-up, as a share of the w
 BIG_HALF = 1_600_000  # --purge: a half session's bytes: past SPOOL_ABOVE and the
 # core's last Content piece (256 KiB) it leaves behind, so in a spool file
 SPLIT = ("router", "gateway:GW1", "capture")
+UNRULY_ROLES = ("router", "gateway:GW1")  # the smart host is tests/unruly.py
 ALL_IN_ONE = ("router,gateway:GW1,capture",)
 TOKEN = re.compile(rb"^X-Soak-Id: (\S+)\r?$", re.MULTILINE)
 LAUNCH = """if True:
@@ -242,8 +249,8 @@ def delivered(root: Path) -> Counter[str]:
     rows = query(root / "var" / "soak.db",
                  "SELECT m.content FROM mailbox b JOIN messages m ON m.id = b.message_id")
     contents = [bytes(row[0]) for row in rows]  # type: ignore[call-overload]
-    captured = root / "var" / "captured"
-    contents += [p.read_bytes() for p in captured.glob("*.eml")] if captured.exists() else []
+    for sink in ("captured", "unruly"):
+        contents += [p.read_bytes() for p in (root / "var" / sink).glob("*.eml")]
     for content in contents:
         for token in TOKEN.findall(content):
             found[token.decode()] += 1
@@ -371,19 +378,37 @@ class Result:
                 and self.bounced == 0 and self.duplicated <= self.in_flight and flat)
 
 
+def unruly_host(root: Path, port: int, seed: int | None) -> subprocess.Popen[bytes]:
+    """tests/unruly.py as the smart host: a share of its sessions misbehave."""
+    log = (root / "unruly.log").open("ab")
+    host = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("unruly.py")), "--listen",
+         f"127.0.0.1:{port}", "--dir", str(root / "var" / "unruly"), "--seed", str(seed or 0),
+         "--misbehave", str(UNRULY)], stdout=subprocess.PIPE, stderr=log)
+    assert host.stdout is not None
+    if host.stdout.readline().strip() != b"ready":
+        raise RuntimeError(f"the unruly smart host did not start: {root / 'unruly.log'}")
+    return host
+
+
 def soak(root: Path, mode: str, messages: int, kills: int, clients: int = 6,
          seed: int | None = None, retention: float = 0.0) -> Result:
-    """One run: `mode` is "split" (router, gateway, capture processes) or "all";
-    `retention` > 0 purges with that retention and samples the store's size."""
+    """One run: `mode` is "split" (router, gateway, capture processes), "all" (one
+    process) or "unruly" (router and gateway processes; a smart host that
+    misbehaves in one session of two); `retention` > 0 purges with that
+    retention and samples the store's size."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
-    listen = free_port()
+    listen, smarthost = free_port(), free_port()
     config = root / "soak.toml"
-    config.write_text(TOPOLOGY.format(listen=listen, smarthost=free_port())
+    per_session = 5 if mode == "unruly" else 100  # unruly: more sessions, more trouble
+    config.write_text(TOPOLOGY.format(listen=listen, smarthost=smarthost, per_session=per_session)
+                      + ("" if mode == "unruly" else CAPTURE.format(smarthost=smarthost))
                       + (RETENTIONS.format(retention) if retention else ""))
     db = root / "var" / "soak.db"
-    processes = [Process(config, roles, retention)
-                 for roles in (SPLIT if mode == "split" else ALL_IN_ONE)]
+    roles = {"split": SPLIT, "all": ALL_IN_ONE, "unruly": UNRULY_ROLES}[mode]
+    processes = [Process(config, role, retention) for role in roles]
+    host = unruly_host(root, smarthost, seed) if mode == "unruly" else None
     for process in processes:
         process.start()
     tally, stop = Tally(), threading.Event()
@@ -415,10 +440,13 @@ def soak(root: Path, mode: str, messages: int, kills: int, clients: int = 6,
         stop.set()
         for thread in halves:
             thread.join()
-        waiting = drain(db, 60 + 2 * LEASE)
+        waiting = drain(db, (180 if host else 60) + 2 * LEASE)
     finally:
         for process in processes:
             process.stop()
+        if host is not None:
+            host.terminate()
+            host.wait(30)
     copies = delivered(root)
     acked = tally.acked
     bounced = int(str(query(db, "SELECT count(*) FROM jobs WHERE state = 'bounced'")[0][0]))
@@ -455,7 +483,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=25000, help="per mode")
     parser.add_argument("--kills", type=int, default=20, help="kill -9 per mode")
-    parser.add_argument("--modes", default="split,all")
+    parser.add_argument("--modes", default="split,all,unruly")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/gatepost-soak"))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--purge", type=float, default=0.0, metavar="SECONDS",

@@ -13,9 +13,10 @@ knows no SMTP syntax (the client core does) and no DNS (`mx` does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import TypeVar
@@ -170,23 +171,22 @@ class SendSide:
         if link is not None and link.destination != destination:
             await self.release(link)
             link = None
-        claimed = self.clock()
-        try:
-            for group in by_message(jobs, lambda job: job):
-                claimed = await self.keep_leases(jobs, claimed)
-                link = await self.spent(link)
-                link = link or await self.connect(destination)
-                outcomes += await self.transact(link, group)
-        except NoMailHost as error:
-            reply = policy.no_mail_host(error.why, error.domain, error.detail)
-            outcomes += self.undecided(jobs, outcomes, reply, "")
-        except Exception as error:  # noqa: BLE001 - the host's doing or a bug: this session only
-            relay = str(link.target) if link else ""
-            reply = self.ended(link, error) if link else reply_for(error)
-            outcomes += self.undecided(jobs, outcomes, reply, relay)
-            await self.release(link, polite=False)
-            link = None
-        await self.record(outcomes)
+        async with self.holding(jobs):
+            try:
+                for group in by_message(jobs, lambda job: job):
+                    link = await self.spent(link)
+                    link = link or await self.connect(destination)
+                    outcomes += await self.transact(link, group)
+            except NoMailHost as error:
+                reply = policy.no_mail_host(error.why, error.domain, error.detail)
+                outcomes += self.undecided(jobs, outcomes, reply, "")
+            except Exception as error:  # noqa: BLE001 - the host's doing or a bug: this session only
+                relay = str(link.target) if link else ""
+                reply = self.ended(link, error) if link else reply_for(error)
+                outcomes += self.undecided(jobs, outcomes, reply, relay)
+                await self.release(link, polite=False)
+                link = None
+            await self.record(outcomes)
         link = await self.spent(link)
         if link is not None and link.gate.open > link.gate.capacity():
             await self.release(link)
@@ -213,13 +213,26 @@ class SendSide:
         log_trouble(str(link.target), reply, error)
         return reply
 
-    async def keep_leases(self, jobs: list[Job], since: float) -> float:
-        """A slow host or a rate limit can outlast the claim: renew it halfway, so
-        no other worker takes (and sends again) what this one still holds."""
-        if self.clock() - since < policy.LEASE / 2:
-            return since
-        await self.store.renew(jobs, self.clock() + policy.LEASE)
-        return self.clock()
+    @contextlib.asynccontextmanager
+    async def holding(self, jobs: list[Job]) -> AsyncIterator[None]:
+        """Keep the claim on `jobs` while they are being delivered, however long
+        a silent or slow host takes, so that no other worker takes (and sends
+        again) what this one still holds: renewed every third of a lease."""
+        renewing = asyncio.ensure_future(self.renew(jobs))
+        try:
+            yield
+        finally:
+            renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewing
+
+    async def renew(self, jobs: list[Job]) -> None:
+        while True:
+            await asyncio.sleep(policy.LEASE / 3)
+            try:
+                await self.store.renew(jobs, self.clock() + policy.LEASE)
+            except Exception as error:  # noqa: BLE001 - try again at the next third
+                log.warning("could not renew %d leases: %s", len(jobs), error)
 
     def undecided(
         self, jobs: list[Job], done: list[Outcome], reply: Reply, relay: str
