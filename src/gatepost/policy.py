@@ -21,6 +21,7 @@ HEARTBEAT = 1.0  # how often a running gateway says so in the store
 HEARTBEAT_TTL = 5.0  # a gateway silent for longer is taken as stopped
 PURGE_EVERY = 600.0  # how often the router purges: an orphan spool file goes within 1 h 10 min
 BUSY_RETRY = 5.0  # seconds before mail refused with 421 (too busy) is tried again
+PLAIN_FOR = 3600.0  # after a failed opportunistic TLS handshake, a host gets clear text this long
 DEAD_HOST = 60.0  # a smart host that could not be reached is tried last for this long
 SHRINK_FOR = 60.0  # after a 421, fewer sessions to that host for this long
 MAX_DIAGNOSTIC = 900  # characters of a reply kept in Diagnostic-Code (lines stay under 998)

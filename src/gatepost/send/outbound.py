@@ -67,11 +67,24 @@ class SessionError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Security:
-    """How to protect a session: STARTTLS mode and context, and AUTH login."""
+    """How to protect a session: STARTTLS mode and context, and AUTH login.
+    `fallback`: STARTTLS is skipped for this session only (its handshake failed
+    before), which never lets the AUTH password go in clear."""
 
     tls: TlsMode = "none"
     context: ssl.SSLContext | None = None
     login: Login | None = None
+    fallback: bool = False
+
+    @property
+    def clear_auth(self) -> bool:
+        """May the password go without TLS (tls = "none" on purpose)?"""
+        return self.tls == "none" and not self.fallback
+
+
+class HandshakeFailed(SessionError):
+    """The TLS handshake itself failed (not the certificate check): with
+    opportunistic TLS the next session to that host goes without it."""
 
 
 def client_context(tls: TlsMode, ca_file: Path | None, verify: bool) -> ssl.SSLContext | None:
@@ -106,7 +119,7 @@ class Outbound:
             await session.expect_positive((await session.response(REPLY_TIMEOUT)).reply)
             await session.hello(helo)
             await session.secure(security, helo, server_name or host)
-            await session.authenticate(security.login, clear_ok=security.tls == "none")
+            await session.authenticate(security.login, clear_ok=security.clear_auth)
         except BaseException:
             session.close()
             raise
@@ -130,8 +143,11 @@ class Outbound:
         try:
             await self.writer.start_tls(security.context, server_hostname=server_name,
                                         ssl_handshake_timeout=REPLY_TIMEOUT)
-        except (ssl.SSLError, ssl.CertificateError, ConnectionError) as exc:
+        except ssl.CertificateError as exc:  # the handshake worked; the check did not
             raise SessionError(f"4.7.5 TLS with {server_name} failed: {exc}") from exc
+        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            why = str(exc) or type(exc).__name__
+            raise HandshakeFailed(f"4.7.5 TLS with {server_name} failed: {why}") from exc
         self.tls_active = True
         await self.hello(helo)
 

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gatepost.policy import DEAD_HOST, SHRINK_FOR
+from gatepost.policy import DEAD_HOST, PLAIN_FOR, SHRINK_FOR
 from gatepost.topology.model import HostPort
 
 Clock = Callable[[], float]
@@ -26,6 +26,7 @@ class Relays:
     spread: bool = False
     dead_for: float = DEAD_HOST
     dead_until: dict[HostPort, float] = field(default_factory=dict)
+    plain_until: dict[HostPort, float] = field(default_factory=dict)
     turn: int = 0
 
     def order(self, hosts: Sequence[HostPort], now: float) -> list[HostPort]:
@@ -43,6 +44,14 @@ class Relays:
 
     def alive(self, host: HostPort) -> None:
         self.dead_until.pop(host, None)
+
+    def handshake_failed(self, host: HostPort, now: float) -> None:
+        """Opportunistic TLS with `host` failed: go without it for a while."""
+        self.plain_until[host] = now + PLAIN_FOR
+
+    def plain(self, host: HostPort, now: float) -> bool:
+        """Should a session to `host` skip STARTTLS (its handshake failed lately)?"""
+        return self.plain_until.get(host, 0.0) > now
 
 
 class Gate:

@@ -24,7 +24,14 @@ from typing import TypeVar
 from gatepost import notify, policy
 from gatepost.send import credentials, deliverylog
 from gatepost.send.mx import MxResolver, NoMailHost
-from gatepost.send.outbound import Outbound, Payload, Security, SessionError, client_context
+from gatepost.send.outbound import (
+    HandshakeFailed,
+    Outbound,
+    Payload,
+    Security,
+    SessionError,
+    client_context,
+)
 from gatepost.send.relays import Gate, Pace, Relays
 from gatepost.send.signing import Signer
 from gatepost.smtp.events import ProtocolError, Reply
@@ -286,6 +293,13 @@ class SendSide:
             self.gates[host] = Gate(self.gateway.max_sessions, self.clock)
         return self.gates[host]
 
+    def security(self, host: HostPort, login: credentials.Login | None) -> Security:
+        """How to protect a session to `host`: as configured, or without STARTTLS
+        while an opportunistic handshake with it failed lately."""
+        if self.gateway.tls == "opportunistic" and self.relays.plain(host, self.clock()):
+            return Security("none", None, login, fallback=True)
+        return Security(self.gateway.tls, self.context, login)
+
     async def open(self, target: Target) -> Outbound:
         """Open one session; a host that cannot be reached (or times out) goes
         last for a while, a busy one (421) gets fewer sessions."""
@@ -294,12 +308,18 @@ class SendSide:
             login = credentials.login(self.gateway)
         except credentials.MissingSecret as exc:
             raise SessionError(f"4.7.0 no AUTH password: {exc}") from exc
-        security = Security(self.gateway.tls, self.context, login)
+        security = self.security(host, login)
         try:
             session = await Outbound.open(host.host, host.port, self.helo, security, target.name)
         except (OSError, TimeoutError) as exc:
             self.relays.dead(host, self.clock())
             raise SessionError(f"4.4.1 no session with {target}: {exc or 'timed out'}") from exc
+        except HandshakeFailed:
+            if self.gateway.tls == "opportunistic":  # like Postfix's "may": clear text next time
+                self.relays.handshake_failed(host, self.clock())
+                log.warning("TLS with %s failed: its next sessions go without TLS for %d s",
+                            target, policy.PLAIN_FOR)
+            raise
         self.relays.alive(host)
         return session
 

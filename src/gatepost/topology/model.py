@@ -96,7 +96,7 @@ class Gateway:
     smarthost_policy: SmarthostPolicy = "failover"
     tls: TlsMode = "opportunistic"  # STARTTLS toward the smart host
     tls_ca: Path | None = None  # CA file to verify the smart host; default: system CAs
-    tls_verify: bool = True  # verify the smart host's certificate and name
+    tls_verify: bool = True  # verify the host's certificate and name (default: not for MX)
     auth_user: str | None = None
     auth_password_env: str | None = None  # name of the environment variable
     auth_password_file: Path | None = None

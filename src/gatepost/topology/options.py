@@ -116,7 +116,7 @@ def send_options(table: Table, key: str, base: Path, error: Error) -> dict[str, 
         "smarthost_policy": reader.choice("smarthost_policy", POLICIES),
         "tls": reader.choice("tls", TLS_MODES),
         "tls_ca": reader.path("tls_ca"),
-        "tls_verify": reader.boolean("tls_verify"),
+        "tls_verify": verify_default(reader.boolean("tls_verify"), table.get("smarthost") == MX),
         "max_sessions": reader.count("max_sessions"),
         "max_per_session": reader.count("max_per_session"),
         "rate": reader.rate(),
@@ -128,6 +128,13 @@ def send_options(table: Table, key: str, base: Path, error: Error) -> dict[str, 
         **reader.auth(),
     }
     return {name: value for name, value in options.items() if value is not None}
+
+
+def verify_default(verify: bool | None, mx: bool) -> bool | None:
+    """Configured smart hosts are verified unless told not to; MX hosts, like
+    Postfix's `may` level, are not unless told to (most have no certificate a
+    CA signed for their name, and refusing them would bounce the mail)."""
+    return (not mx) if verify is None else verify
 
 
 class _Reader:
