@@ -482,6 +482,8 @@ def table(results: list[Result]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=25000, help="per mode")
+    parser.add_argument("--unruly-messages", type=int, default=3000,
+                        help="in mode unruly (slower: a session in two misbehaves)")
     parser.add_argument("--kills", type=int, default=20, help="kill -9 per mode")
     parser.add_argument("--modes", default="split,all,unruly")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/gatepost-soak"))
@@ -491,8 +493,9 @@ def main() -> int:
                              "samples the store's size, which must stay flat (default: off)")
     args = parser.parse_args()
     started = time.monotonic()
-    results = [soak(args.dir / mode, mode, args.messages, args.kills, seed=args.seed,
-                    retention=args.purge)
+    results = [soak(args.dir / mode, mode,
+                    args.unruly_messages if mode == "unruly" else args.messages, args.kills,
+                    seed=args.seed, retention=args.purge)
                for mode in args.modes.split(",")]
     print(table(results))
     for result in results:
