@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from scripted import ScriptedHost
 from support import Gatepost, Sink, free_port, gatepost, tool
 
 TOPOLOGY = """\
@@ -206,3 +207,11 @@ def captured_net(make_net: MakeNet, run_net: Callable[[Net], Gatepost]) -> Net:
     network = make_net(None)
     run_net(network)
     return network
+
+
+@pytest.fixture
+def host() -> Iterator[ScriptedHost]:
+    """A scripted smart host on a free loopback port (tests/scripted.py)."""
+    smarthost = ScriptedHost().start()
+    yield smarthost
+    smarthost.close()

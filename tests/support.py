@@ -16,6 +16,23 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# One postoffice and a send-only gateway: for tests of what the send side sends.
+# Its [gateways.GW1] table comes last, so a test may append keys to it.
+SEND_ONLY = """\
+[network]
+name = "ACME"
+store = "sqlite:var/acme.db"
+
+[postoffices.HQ]
+domains = ["hq.acme.example"]
+mailboxes = ["alice", "postmaster"]
+
+[gateways.GW1]
+postoffice = "HQ"
+role = "send"
+smarthost = "{smarthost}"
+serves = ["HQ"]
+"""
 TOOLS = {"swaks": "swaks", "smtp-source": "/usr/sbin/smtp-source", "smtp-sink": "/usr/sbin/smtp-sink"}
 
 

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +23,6 @@ def test_a_cut_spool_file_or_a_damaged_row_is_detected(tmp_path: Path) -> None:
     with pytest.raises(DamagedMessage):
         store.content(small)
     store.close()
-
-
-@pytest.fixture
-def host() -> Iterator[ScriptedHost]:
-    smarthost = ScriptedHost().start()
-    yield smarthost
-    smarthost.close()
 
 
 def test_the_send_side_holds_a_damaged_message_and_sends_nothing(

@@ -18,13 +18,6 @@ from gatepost.topology.model import HostPort
 from scripted import ALICE, DnsServer, Harness, ScriptedHost
 
 
-@pytest.fixture
-def host() -> Iterator[ScriptedHost]:
-    smarthost = ScriptedHost().start()
-    yield smarthost
-    smarthost.close()
-
-
 def make_key(tmp_path: Path) -> tuple[Path, bytes]:
     """A private key file and the DNS TXT record that publishes its public half."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -23,13 +23,6 @@ RCPT = "r@far.example"
 
 
 @pytest.fixture
-def host() -> Iterator[ScriptedHost]:
-    smarthost = ScriptedHost().start()
-    yield smarthost
-    smarthost.close()
-
-
-@pytest.fixture
 def dns_server() -> Iterator[DnsServer]:
     server = DnsServer({"far.example": [(10, "mx.far.example")]}, {"mx.far.example": ["127.0.0.1"]})
     yield server

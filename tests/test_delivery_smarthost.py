@@ -19,13 +19,6 @@ from scripted import ALICE, Clock, Harness, ScriptedHost
 
 
 @pytest.fixture
-def host() -> Iterator[ScriptedHost]:
-    smarthost = ScriptedHost().start()
-    yield smarthost
-    smarthost.close()
-
-
-@pytest.fixture
 def second() -> Iterator[ScriptedHost]:
     smarthost = ScriptedHost().start()
     yield smarthost

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
-from scripted import ALICE, Harness, Script, ScriptedHost
+from scripted import ALICE, Harness, ScriptedHost
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +31,6 @@ def ca_file(ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return path
-
-
-@pytest.fixture
-def host() -> Iterator[ScriptedHost]:
-    smarthost = ScriptedHost(Script()).start()
-    yield smarthost
-    smarthost.close()
 
 
 def deliver(tmp_path: Path, gateway: str, *, expect: str) -> str:

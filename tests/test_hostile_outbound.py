@@ -15,23 +15,8 @@ from pathlib import Path
 
 from gatepost.store import NewMessage, NewRecipient, open_store
 from soak import Process
-from support import wait_for
+from support import SEND_ONLY, wait_for
 
-TOPOLOGY = """\
-[network]
-name = "ACME"
-store = "sqlite:var/acme.db"
-
-[postoffices.HQ]
-domains = ["hq.acme.example"]
-mailboxes = ["alice", "postmaster"]
-
-[gateways.GW1]
-postoffice = "HQ"
-role = "send"
-smarthost = "127.0.0.1:{port}"
-serves = ["HQ"]
-"""
 CONTENTS = [
     b"Subject: bare CR\r\n\r\nbare\rCR\r\n",
     b"Subject: bare LF\n\nbare\nLF\n",
@@ -129,7 +114,7 @@ def unstuffed(payload: bytes) -> list[bytes]:
 def test_the_send_side_never_emits_bare_line_ends_or_unstuffed_dots(tmp_path: Path) -> None:
     sink = RawSink()
     config = tmp_path / "gatepost.toml"
-    config.write_text(TOPOLOGY.format(port=sink.port))
+    config.write_text(SEND_ONLY.format(smarthost=f"127.0.0.1:{sink.port}"))
     db = tmp_path / "var" / "acme.db"
     store = open_store(f"sqlite:{db}")
     recipient = (NewRecipient("someone@example.org", None),)

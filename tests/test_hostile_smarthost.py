@@ -12,7 +12,6 @@ import asyncio
 import re
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from gatepost.send import outbound
 from gatepost.smtp.events import ProtocolError, Reply
 from gatepost.store import Hop, NewMessage, NewRecipient, open_store
 from scripted import ALICE, SENT_AFTER, STAGES, TROUBLES, Clock, Harness, ScriptedHost
-from support import Gatepost, wait_for
+from support import SEND_ONLY, Gatepost, wait_for
 
 TIMEOUT = 2.0  # every outbound deadline, shortened
 RCPT = "r@example.org"
@@ -62,13 +61,6 @@ def expected(stage: str, trouble: str) -> set[str]:
 def short_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("REPLY_TIMEOUT", "FINAL_TIMEOUT", "SEND_TIMEOUT"):
         monkeypatch.setattr(outbound, name, TIMEOUT)
-
-
-@pytest.fixture
-def host() -> Iterator[ScriptedHost]:
-    smarthost = ScriptedHost().start()
-    yield smarthost
-    smarthost.close()
 
 
 @pytest.fixture(scope="module")
@@ -271,25 +263,7 @@ def test_any_error_that_ends_a_session_defers(error: Exception, status: str) -> 
 
 # ---- gatepost run, under its supervisor ----------------------------------------
 
-TOPOLOGY = """\
-[network]
-name = "ACME"
-store = "sqlite:var/acme.db"
-
-[postoffices.HQ]
-domains = ["hq.acme.example"]
-mailboxes = ["alice", "postmaster"]
-
-[gateways.GW1]
-postoffice = "HQ"
-role = "send"
-smarthost = "{smarthost}"
-serves = ["HQ"]
-max_sessions = 1
-
-[delivery]
-retry_min = 1
-"""
+TOPOLOGY = SEND_ONLY + "max_sessions = 1\n\n[delivery]\nretry_min = 1\n"
 
 
 def test_garbage_after_an_accepted_message_restarts_nothing_and_resends_nothing(
