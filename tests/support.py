@@ -7,10 +7,12 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3 as _sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import closing as _closing
 from pathlib import Path
 
 import pytest
@@ -423,3 +425,15 @@ class GroupRun:
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
         self.handle.close()
+
+
+def old_store(path: Path, version: int) -> Path:
+    """A store file as schema `version` left it (for migration tests)."""
+    from gatepost.store import schema
+
+    with _closing(_sqlite3.connect(path, isolation_level=None)) as conn:
+        for statements in schema.MIGRATIONS[:version]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {version}")
+    return path

@@ -38,11 +38,10 @@ from gatepost.store import (
     NewMessage,
     NewRecipient,
     SqliteStore,
-    schema,
 )
 from gatepost.topology import load
 from gatepost.topology.model import Limits
-from support import Gatepost, free_port, gatepost, wait_for
+from support import Gatepost, free_port, gatepost, old_store, wait_for
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "single-gateway.toml"
 ALICE = "alice@hq.acme.example"
@@ -243,12 +242,7 @@ def test_the_store_keeps_the_hop_count_of_each_message(tmp_path: Path) -> None:
 
 
 def test_a_version_3_store_gets_hop_counts_of_zero(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        for statements in schema.MIGRATIONS[:3]:
-            for statement in statements:
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 3")
+    path = old_store(tmp_path / "old.db", 3)
     with closing(SqliteStore(path)) as store:
         assert store.version() >= 4
         store.enqueue([NewMessage(CAROL, (NewRecipient(OUTSIDE, None),), b"x", "HQ", "HQ", "t")],

@@ -28,6 +28,7 @@ from gatepost.store import (
 )
 from gatepost.store import sqlite as sqlite_module
 from gatepost.topology import TopologyError, load
+from support import old_store
 
 HOUR, DAY = 3600.0, 86400.0
 NOW = 100 * DAY  # the time of every purge below
@@ -113,12 +114,7 @@ def test_the_purge_of_trace_rows_reads_an_index_not_the_whole_table(store: Sqlit
 
 
 def test_migration_5_indexes_trace_rows_by_time_in_an_existing_store(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
-    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        for statements in schema.MIGRATIONS[:4]:
-            for statement in statements:
-                conn.execute(statement)
-        conn.execute("PRAGMA user_version = 4")
+    path = old_store(tmp_path / "old.db", 4)
     SqliteStore(path).close()
     with closing(sqlite3.connect(path)) as conn:
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
