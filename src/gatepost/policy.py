@@ -234,8 +234,8 @@ def _seven_bit(content: bytes) -> bool:
 
 
 def outcome(job: Job, reply: Reply, relay: str, now: float, delivery: Delivery) -> Outcome:
-    """What one reply means for one recipient."""
-    text = f"{reply.code} {one_line(reply.text)}"
+    """What one reply means for one recipient (its text cut to MAX_DIAGNOSTIC)."""
+    text = f"{reply.code} {one_line(reply.text)}"[:MAX_DIAGNOSTIC]
     if reply.is_positive:
         return Delivered(job, relay, text)
     if reply.is_permanent or expired(job.created, now, delivery):

@@ -130,6 +130,14 @@ class Slot:
     restart_at: float = 0.0  # monotonic; while child is None
 
 
+def pause(slot: Slot, now: float) -> float:
+    """Count one more failure of `slot`'s role and set when it starts again."""
+    slot.failures += 1
+    delay = restart_delay(slot.failures)
+    slot.restart_at = now + delay
+    return delay
+
+
 class StartFailed(Exception):
     """A role failed before `run` announced readiness: the whole run fails."""
 
@@ -151,7 +159,7 @@ class Supervisor:
                 self.start(slot)
             while not self.stopping:
                 self.watch(announce)
-        except StartFailed as error:
+        except (StartFailed, OSError) as error:
             log.error("%s", error)
             return self.shutdown() or 1
         return self.shutdown()
@@ -161,6 +169,16 @@ class Supervisor:
 
     def start(self, slot: Slot) -> None:
         slot.child = spawn(self.config, slot.role, self.verbose)
+
+    def restart(self, slot: Slot, now: float) -> None:
+        """Start a role again; a fork that fails (no memory, no processes left)
+        is one more failure of the role, tried again after its pause."""
+        try:
+            self.start(slot)
+        except OSError as error:
+            delay = pause(slot, now)
+            log.error("role %s could not be started (%s); trying again in %g s",
+                      slot.role, error, delay)
 
     def watch(self, announce: Callable[[list[str]], None]) -> None:
         """One turn of the loop: hear the starting children (waiting at most a
@@ -172,7 +190,7 @@ class Supervisor:
                 self.check(slot, slot.child, now)
             elif slot.restart_at <= now and not self.stopping:
                 log.info("starting role %s again (failure %d in a row)", slot.role, slot.failures)
-                self.start(slot)
+                self.restart(slot, now)
         if not self.announced and all(s.child and s.child.ready_at for s in self.slots.values()):
             self.announced = True
             announce([line for s in self.slots.values() if s.child for line in s.child.lines])
@@ -205,9 +223,7 @@ class Supervisor:
         """Count the failure of `child` and set when its role starts again."""
         if child.ready_at is not None and now - child.ready_at >= HEALTHY:
             slot.failures = 0
-        slot.failures += 1
-        delay = restart_delay(slot.failures)
-        slot.restart_at = now + delay
+        delay = pause(slot, now)
         log.error("role %s exited with status %s; restarting it in %g s", slot.role, code, delay)
 
     def shutdown(self) -> int:

@@ -140,6 +140,8 @@ class Outbound:
                 raise SessionError(
                     f"4.7.4 TLS is required but STARTTLS was refused: {reply.code} {reply.text}")
             return
+        if self.reader._buffer:  # type: ignore[attr-defined]  # no public way to look
+            raise SessionError(f"4.7.0 {server_name} sent clear text after its 220 to STARTTLS")
         try:
             await self.writer.start_tls(security.context, server_hostname=server_name,
                                         ssl_handshake_timeout=REPLY_TIMEOUT)
@@ -254,6 +256,13 @@ class Outbound:
                 await self.send(*step.commands)
             timeout = FINAL_TIMEOUT if transaction.awaiting_final else REPLY_TIMEOUT
             step = transaction.answer((await self.response(timeout)).reply)
+
+    def quiet(self) -> bool:
+        """Has the host sent nothing since its last reply, and not closed? Only
+        then may the session carry another message: a late reply would be
+        taken for the answer to the next command."""
+        buffered = self.reader._buffer  # type: ignore[attr-defined]  # no public way to look
+        return not buffered and not self.reader.at_eof() and self.unasked() is None
 
     def unasked(self) -> Exception | None:
         """What the host already sent after the last reply it owed, if anything."""

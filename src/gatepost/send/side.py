@@ -55,6 +55,7 @@ log = logging.getLogger("gatepost.send")
 trouble_log = logging.getLogger("gatepost.send.session")
 
 PER_CLAIM = 64  # recipients claimed per batch
+MX_ADDRESSES = 5  # MX host addresses tried per attempt, best first (as Postfix's default)
 KEEP_OPEN = 2.0  # seconds an idle session to the smart host stays open
 GATE_WAIT = 30.0  # seconds a worker waits for a free session before deferring
 STREAM_ABOVE = 1 << 20  # bytes of content beyond which it is streamed from the store
@@ -128,6 +129,10 @@ class SendSide:
         self.pace = Pace(gateway.rate, clock)
         self.signer = Signer(gateway.dkim)
         self.context = client_context(gateway.tls, gateway.tls_ca, gateway.tls_verify)
+        # After a failed handshake, clear text only where nothing is lost by it: TLS is
+        # opportunistic, unverified, and no AUTH password would need it.
+        self.may_go_plain = (gateway.tls == "opportunistic" and not gateway.tls_verify
+                             and gateway.auth_user is None)
         self.mx = MxResolver(gateway.resolver, gateway.mx_port) if gateway.mx else None
         self.queue = send_queue(gateway.name)
         self.owner = leases.owner(self.queue)
@@ -166,8 +171,9 @@ class SendSide:
                         await self.release(link)
                         link = None
                     continue
-                for destination, group in by_destination(jobs, self.mx is not None):
-                    link = await self.deliver(link, destination, group)
+                async with self.holding(jobs):  # all of them, however long one destination takes
+                    for destination, group in by_destination(jobs, self.mx is not None):
+                        link = await self.deliver(link, destination, group)
         finally:
             await self.release(link)
 
@@ -178,22 +184,21 @@ class SendSide:
         if link is not None and link.destination != destination:
             await self.release(link)
             link = None
-        async with self.holding(jobs):
-            try:
-                for group in by_message(jobs, lambda job: job):
-                    link = await self.spent(link)
-                    link = link or await self.connect(destination)
-                    outcomes += await self.transact(link, group)
-            except NoMailHost as error:
-                reply = policy.no_mail_host(error.why, error.domain, error.detail)
-                outcomes += self.undecided(jobs, outcomes, reply, "")
-            except Exception as error:  # noqa: BLE001 - the host's doing or a bug: this session only
-                relay = str(link.target) if link else ""
-                reply = self.ended(link, error) if link else reply_for(error)
-                outcomes += self.undecided(jobs, outcomes, reply, relay)
-                await self.release(link, polite=False)
-                link = None
-            await self.record(outcomes)
+        try:
+            for group in by_message(jobs, lambda job: job):
+                link = await self.spent(link)
+                link = link or await self.connect(destination)
+                outcomes += await self.transact(link, group)
+        except NoMailHost as error:
+            reply = policy.no_mail_host(error.why, error.domain, error.detail)
+            outcomes += self.undecided(jobs, outcomes, reply, "")
+        except Exception as error:  # noqa: BLE001 - the host's doing or a bug: this session only
+            relay = str(link.target) if link else ""
+            reply = self.ended(link, error) if link else reply_for(error)
+            outcomes += self.undecided(jobs, outcomes, reply, relay)
+            await self.release(link, polite=False)
+            link = None
+        await self.record(outcomes)
         link = await self.spent(link)
         if link is not None and link.gate.open > link.gate.capacity():
             await self.release(link)
@@ -201,15 +206,20 @@ class SendSide:
         return link
 
     async def spent(self, link: Link | None) -> Link | None:
-        """`link` while it can carry another message, else None (and it is closed)."""
+        """`link` while it can carry another message, else None (and it is closed):
+        not after trouble, nor when the host spoke or closed while it was idle."""
         if link is None:
             return None
         broken = link.session.broken
-        if broken is None and link.sent < self.gateway.max_per_session:
+        quiet = broken is None and link.session.quiet()
+        if quiet and link.sent < self.gateway.max_per_session:
             return link
         if broken is not None:
             self.ended(link, broken)
-        await self.release(link, polite=broken is None)
+        elif not quiet:
+            log.info("%s spoke or closed while idle: the next message takes a new session",
+                     link.target)
+        await self.release(link, polite=quiet)
         return None
 
     def ended(self, link: Link, error: Exception) -> Reply:
@@ -256,7 +266,8 @@ class SendSide:
     async def targets(self, destination: str) -> list[Target]:
         if self.mx is None:
             return [Target(host, host.host) for host in self.gateway.smarthosts]
-        return [Target(address, name) for address, name in await self.mx.hosts(destination)]
+        hosts = await self.mx.hosts(destination)
+        return [Target(address, name) for address, name in hosts[:MX_ADDRESSES]]
 
     async def connect(self, destination: str) -> Link:
         """A session to the first host of `destination` that answers, in the
@@ -296,7 +307,7 @@ class SendSide:
     def security(self, host: HostPort, login: credentials.Login | None) -> Security:
         """How to protect a session to `host`: as configured, or without STARTTLS
         while an opportunistic handshake with it failed lately."""
-        if self.gateway.tls == "opportunistic" and self.relays.plain(host, self.clock()):
+        if self.may_go_plain and self.relays.plain(host, self.clock()):
             return Security("none", None, login, fallback=True)
         return Security(self.gateway.tls, self.context, login)
 
@@ -315,7 +326,7 @@ class SendSide:
             self.relays.dead(host, self.clock())
             raise SessionError(f"4.4.1 no session with {target}: {exc or 'timed out'}") from exc
         except HandshakeFailed:
-            if self.gateway.tls == "opportunistic":  # like Postfix's "may": clear text next time
+            if self.may_go_plain:  # like Postfix's "may": clear text next time
                 self.relays.handshake_failed(host, self.clock())
                 log.warning("TLS with %s failed: its next sessions go without TLS for %d s",
                             target, policy.PLAIN_FOR)

@@ -10,7 +10,7 @@ goes as Content pieces (any split) then the Message that ends it, and comes
 out as the same bytes as when sent whole (`Stuffer` carries line state across).
 Whatever the server sends that is not a reply answering a command we sent (a
 malformed or overlong line, a code that changes inside a multi-line reply,
-more than MAX_REPLY_LINES lines) raises ProtocolError, naming what came.
+more than MAX_REPLY_LINES lines or MAX_REPLY_BYTES bytes) raises ProtocolError, naming what came.
 Must not know sockets, asyncio, the clock, the store, or what a reply code means
 for the queue (that is policy).
 """
@@ -47,6 +47,7 @@ from gatepost.smtp.events import (
 
 MAX_REPLY_LINE = 64 * 1024
 MAX_REPLY_LINES = 1000  # in one multi-line reply
+MAX_REPLY_BYTES = 64 * 1024  # the text of one whole reply, all its lines
 SHOWN = 80  # bytes of a refused line quoted in a ProtocolError
 _REPLY_LINE = re.compile(rb"([2-5][0-9][0-9])(?:([ -])(.*))?", re.DOTALL)
 
@@ -60,6 +61,7 @@ class ClientConnection:
         self._awaiting: deque[ClientCommand | Greeting] = deque([Greeting()])
         self._code: int | None = None  # of the multiline reply being read
         self._lines: list[str] = []
+        self._size = 0  # bytes of the reply being read
         self._eof = False
         self._closed = False
         self._stuffer: Stuffer | None = None  # inside a message sent in pieces
@@ -129,12 +131,15 @@ class ClientConnection:
             raise ProtocolError(f"reply code changed from {self._code} mid-reply: {shown(line)}")
         if len(self._lines) >= MAX_REPLY_LINES:
             raise ProtocolError(f"reply of more than {MAX_REPLY_LINES} lines: {shown(line)}")
+        self._size += len(line)
+        if self._size > MAX_REPLY_BYTES:
+            raise ProtocolError(f"reply of more than {MAX_REPLY_BYTES} bytes: {shown(line)}")
         self._lines.append((match[3] or b"").decode("utf-8", "replace"))
         if match[2] == b"-":
             self._code = code
             return None
         reply = Reply(code, tuple(self._lines))
-        self._code, self._lines = None, []
+        self._code, self._lines, self._size = None, [], 0
         return reply
 
     def _pair(self, reply: Reply) -> Response:
