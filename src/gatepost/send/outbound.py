@@ -140,7 +140,7 @@ class Outbound:
                 raise SessionError(
                     f"4.7.4 TLS is required but STARTTLS was refused: {reply.code} {reply.text}")
             return
-        if self.reader._buffer:  # type: ignore[attr-defined]  # no public way to look
+        if self.unread():
             raise SessionError(f"4.7.0 {server_name} sent clear text after its 220 to STARTTLS")
         try:
             await self.writer.start_tls(security.context, server_hostname=server_name,
@@ -261,8 +261,11 @@ class Outbound:
         """Has the host sent nothing since its last reply, and not closed? Only
         then may the session carry another message: a late reply would be
         taken for the answer to the next command."""
-        buffered = self.reader._buffer  # type: ignore[attr-defined]  # no public way to look
-        return not buffered and not self.reader.at_eof() and self.unasked() is None
+        return not self.unread() and not self.reader.at_eof() and self.unasked() is None
+
+    def unread(self) -> bool:
+        """Has the stream taken bytes from the host that we have not read yet?"""
+        return bool(self.reader._buffer)  # type: ignore[attr-defined]  # no public way to look
 
     def unasked(self) -> Exception | None:
         """What the host already sent after the last reply it owed, if anything."""
