@@ -7,7 +7,23 @@ Mail state is per recipient ("job"): one row per (message, recipient), with
 the postoffice it waits in (`location`), the worker queue that handles it
 next (`queue`: "router" or "send:<GATEWAY>"), and its state:
 incoming → active → (delivered | deferred → active … | bounced), plus hold.
-`active` is a lease: owner and expiry; an expired lease is claimable again.
+
+Ownership: `active` is a lease held by ONE attempt. A claim gives every job it
+takes the same new token; only an attempt that shows the token renews the
+lease, and a deferral (or a move) counts only while the token still holds it.
+Delivered and bounced count whatever the token: the remote host has the
+message, or refused it for good. So a stale attempt can never free or undo
+what a newer one holds, and nothing is lost. Leases and heartbeats run on the
+store's lease clock (`clock.Clock.lease`), never on the wall clock.
+
+Admin actions on a job in an attempt ("hold", "delete", "requeue") wait for
+the attempt: the job keeps the action as `pending`; the attempt sees it when
+it renews (and may cancel before its final dot), and the store applies it when
+the attempt's outcome is not final.
+
+The interface is split by caller: `Intake` (receive side, CLI submit),
+`Workers` (router and send sides), `Mailboxes` (mailbox readers) and `Admin`
+(queue commands and reads). A backend implements all of them: `Store`.
 """
 
 from __future__ import annotations
@@ -62,7 +78,8 @@ class Job:
     created: float  # when the message was enqueued (epoch seconds)
     first_attempt: float | None
     size: int
-    owner: str = ""  # the lease owner that claimed it
+    owner: str = ""  # the process that claimed it ("ROLE@HOST:PID")
+    token: str = ""  # the attempt's lease: the claim's own token
     warned: bool = False  # the sender was already told that the message is delayed
     hop_count: int = 0  # of its message (NewMessage.hop_count)
 
@@ -97,7 +114,52 @@ class Bounced:
     relay: str = ""
 
 
-Outcome = Moved | Delivered | Deferred | Bounced
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Set aside by its attempt (its content is damaged): hold, never sent in part."""
+
+    job: Job
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The attempt stopped before its final dot because an admin action waits
+    (`Renewal.pending`): that action is applied now; no attempt is counted."""
+
+    job: Job
+
+
+Outcome = Moved | Delivered | Deferred | Bounced | Held | Cancelled
+JobKey = tuple[str, int]  # (message_id, rcpt_id)
+
+
+def key_of(job: Job) -> JobKey:
+    return (job.message_id, job.rcpt_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Renewal:
+    """What a renewal found: the jobs whose lease the attempt still holds (and
+    now holds longer), and the admin action waiting for any of them."""
+
+    held: frozenset[JobKey]
+    pending: dict[JobKey, str]  # "hold", "delete" or "requeue"
+
+    def lost(self, jobs: Sequence[Job]) -> list[Job]:
+        return [job for job in jobs if key_of(job) not in self.held]
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What an admin action did: recipients changed now, and recipients in an
+    attempt whose change waits for the attempt to end."""
+
+    now: int = 0
+    later: int = 0
+
+    def __add__(self, other: Changes) -> Changes:
+        return Changes(self.now + other.now, self.later + other.later)
 
 # Where a queue listing resumes: (created, message_id, rcpt_id) of the last entry
 # seen. Keyset paging: a later page costs as little as the first, and entries that
@@ -146,46 +208,119 @@ class Hop:
     detail: str
 
 
-class Store(Protocol):
-    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[str]:
-        """Store messages in one transaction, durable (fsync'ed) on return.
-        Every recipient starts `incoming` in queue "router" at the message's
-        location. Returns the new queue ids, in order."""
+ADMIN_ACTIONS = ("hold", "release", "flush", "requeue", "delete")
+
+
+class Intake(Protocol):
+    """What mail enters through: the receive side and `gatepost submit`."""
+
+    async def enqueue(self, message: NewMessage) -> str:
+        """Store one message durably (on disk, fsync'ed) before returning its
+        queue id. Every recipient starts `incoming` in queue "router" at the
+        message's location. Concurrent calls may share one commit."""
         ...
 
-    def claim(self, queue: str, owner: str, limit: int, lease: float, now: float) -> list[Job]:
-        """Lease up to `limit` claimable jobs of `queue`: incoming, deferred
-        with retry time reached, or active with an expired lease. Oldest first."""
-        ...
-
-    def complete(
-        self,
-        outcomes: Sequence[Outcome],
-        now: float,
-        new: Sequence[NewMessage] = (),
-        warnings: Sequence[tuple[str, NewMessage]] = (),
-    ) -> list[str]:
-        """Apply outcomes (and enqueue `new` messages, e.g. bounces) in one
-        transaction; returns the ids of `new`. Each (message id, warning) in
-        `warnings` is enqueued only if that message had no warning yet: a
-        delay notification goes out once, whichever worker defers first. Outcomes for jobs whose lease
-        this owner no longer holds are still applied (deliver twice rather
-        than lose)."""
-        ...
-
-    def content(self, message_id: str) -> bytes: ...
-
-    def open_content(self, message_id: str) -> BinaryIO:
-        """The content to read in pieces (large content is never read whole)."""
-        ...
-
-    def spool_path(self, queue_id: str) -> Path:
+    async def spool_path(self, queue_id: str) -> Path:
         """Where to write (with spool.SpoolWriter) the content of a large message
         before it is enqueued as `queue_id` with content_file set. The file is
         written once; moves change rows; delete and purge remove it."""
         ...
 
-    def queue(
+
+class Workers(Protocol):
+    """What the router and the send sides work with: claims, renewals, outcomes."""
+
+    async def claim(self, queue: str, owner: str, limit: int, lease: float) -> list[Job]:
+        """Lease up to `limit` claimable jobs of `queue` for `lease` seconds of
+        the lease clock, all under one new token (one attempt): incoming,
+        deferred with retry time reached, or active with an expired lease.
+        Expired leases first, then fresh and due retries share the room (fresh
+        get at least half). Returned oldest first."""
+        ...
+
+    async def renew(self, jobs: Sequence[Job], lease: float) -> Renewal:
+        """Extend to `lease` seconds from now the leases that these jobs' token
+        still holds, and only those; report them and any admin action waiting."""
+        ...
+
+    async def complete(
+        self,
+        outcomes: Sequence[Outcome],
+        new: Sequence[NewMessage] = (),
+        warnings: Sequence[tuple[str, NewMessage]] = (),
+    ) -> list[str]:
+        """Apply outcomes, enqueue `new` messages (bounces), and each (message id,
+        warning) whose message had no warning yet; returns the ids of `new`.
+        Delivered and bounced apply to any job not yet final; the others only
+        while the job's token still holds its lease (a stale deferral is dropped).
+        An admin action waiting on a job is applied after a non-final outcome.
+        Not fsync'ed; concurrent calls may share one commit."""
+        ...
+
+    async def content(self, message_id: str) -> bytes: ...
+
+    async def content_head(self, message_id: str) -> bytes:
+        """The start of a message (its header, for a report)."""
+        ...
+
+    async def open_content(self, message_id: str) -> BinaryIO:
+        """The content to read in pieces (large content is never read whole)."""
+        ...
+
+    async def due(self, queue: str) -> bool:
+        """Is anything in `queue` claimable now? Cheap, and takes no write lock."""
+        ...
+
+    async def heartbeat(self, name: str, owner: str) -> None:
+        """Record that worker `name` (e.g. "gateway:GW1") run by `owner` is alive."""
+        ...
+
+    async def forget(self, name: str, owner: str) -> None:
+        """A clean stop: `name` is no longer alive (if `owner` still holds it)."""
+        ...
+
+    async def alive(self, within: float) -> set[str]:
+        """Workers whose last heartbeat is at most `within` lease-clock seconds old."""
+        ...
+
+    async def owners(self, queue: str) -> set[str]:
+        """Who holds leases on jobs of `queue`."""
+        ...
+
+    async def release_owner(self, queue: str, owner: str) -> int:
+        """Give back every job of `queue` leased by `owner` (it died)."""
+        ...
+
+    async def requeue(self, queue: str, origins: Sequence[str], dead: Sequence[str] = ()) -> int:
+        """Hand the jobs of `queue` whose message origin is in `origins` back to
+        the router: the gateway stopped, another one takes them. Active jobs go
+        too when their lease ran out or their owner is among the `dead`."""
+        ...
+
+    async def purge(self, final_retention: float, trace_retention: float) -> int:
+        """Forget final jobs last changed more than `final_retention` seconds ago
+        and the messages nothing refers to any more; trace rows older than
+        `trace_retention`; content a crash left behind that no message names,
+        an hour after it was written. Bounded transactions; returns jobs removed."""
+        ...
+
+
+class Mailboxes(Protocol):
+    """What reads the postoffices' mailboxes."""
+
+    async def mailbox(self, mailbox: str) -> list[MailboxEntry]:
+        """Mail delivered to "PO/mailbox", oldest first."""
+        ...
+
+    async def mailbox_content(self, mailbox: str, entry_id: int) -> bytes | None: ...
+
+    async def open_mailbox_content(self, mailbox: str, entry_id: int) -> BinaryIO | None: ...
+
+
+class Admin(Protocol):
+    """Queue commands and reads."""
+
+    async def queue(
         self, states: Sequence[str] = (), limit: int = 1000, after: QueueKey | None = None
     ) -> list[QueueEntry]:
         """Up to `limit` jobs not yet final (or in `states`), oldest first by
@@ -193,85 +328,38 @@ class Store(Protocol):
         page; pass the last entry's `key` for the next). Fast at any depth."""
         ...
 
-    def mailbox(self, mailbox: str) -> list[MailboxEntry]:
-        """Mail delivered to "PO/mailbox", oldest first."""
-        ...
-
-    def mailbox_content(self, mailbox: str, entry_id: int) -> bytes | None: ...
-
-    def open_mailbox_content(self, mailbox: str, entry_id: int) -> BinaryIO | None: ...
-
-    def hops(self, message_id: str) -> list[Hop]: ...
-
-    def set_state(self, message_ids: Sequence[str], state: str, now: float) -> int:
-        """Admin action on every recipient of the messages; returns rows changed.
-        "hold": non-final jobs → hold (never claimed); "release": hold → incoming;
-        "flush": deferred → due now; "delete": remove non-final jobs, and the
-        message itself once no job or mailbox entry refers to it."""
-        ...
-
-    def counts(self) -> dict[str, int]:
+    async def counts(self) -> dict[str, int]:
         """Number of jobs in each of STATES (zero included)."""
         ...
 
-    def pending(self, queue: str, now: float | None = None) -> int:
-        """Jobs of `queue` that are claimable at `now` (default: the clock) or
-        active (leased)."""
+    async def pending(self, queue: str) -> int:
+        """Jobs of `queue` that are claimable now or active (leased)."""
         ...
 
-    def due(self, queue: str, now: float) -> bool:
-        """Is anything in `queue` claimable now? Cheap, and takes no write lock."""
+    async def hops(self, message_id: str) -> list[Hop]: ...
+
+    async def set_state(self, message_ids: Sequence[str], action: str) -> Changes:
+        """An admin action (ADMIN_ACTIONS) on every recipient of the messages.
+        "hold": incoming/deferred → hold (never claimed); "release": hold →
+        incoming; "flush": deferred → due now; "requeue": incoming/deferred →
+        the router; "delete": remove non-final jobs, and the message once
+        nothing refers to it. A job in an attempt changes later: hold, delete
+        and requeue wait as its `pending` action; release clears a pending hold."""
         ...
 
-    def owners(self, queue: str) -> set[str]:
-        """Who holds leases on jobs of `queue`."""
+    async def check(self) -> str:
+        """A check of the whole store: "ok", or what is damaged. Reads every page
+        (seconds on a large store): for `gatepost check --store`, not for start."""
         ...
 
-    def release_owner(self, queue: str, owner: str, now: float) -> int:
-        """Give back every job of `queue` leased by `owner` (it died)."""
-        ...
-
-    def check(self) -> str:
-        """A quick check of the whole store: "ok", or what is damaged. Reads every
-        page (seconds on a large store): for `gatepost check --store`, not for start."""
-        ...
-
-    def version(self) -> int:
+    async def version(self) -> int:
         """The schema version (opening the store checked and migrated it)."""
         ...
 
-    def heartbeat(self, name: str, owner: str, now: float) -> None:
-        """Record that worker `name` (e.g. "gateway:GW1") run by `owner` is alive."""
-        ...
 
-    def forget(self, name: str, owner: str) -> None:
-        """A clean stop: `name` is no longer alive (if `owner` still holds it)."""
-        ...
+class Store(Intake, Workers, Mailboxes, Admin, Protocol):
+    """Everything a backend provides."""
 
-    def alive(self, since: float) -> set[str]:
-        """Workers whose last heartbeat is at or after `since`."""
+    async def aclose(self) -> None:
+        """Commit what waits, then close."""
         ...
-
-    def requeue(
-        self, queue: str, origins: Sequence[str], now: float, dead: Sequence[str] = ()
-    ) -> int:
-        """Hand the jobs of `queue` whose message origin is in `origins` back to
-        the router: the gateway stopped, another one takes them. Active jobs go
-        too when their lease ran out or their owner is among the `dead`."""
-        ...
-
-    def renew(self, jobs: Sequence[Job], until: float) -> int:
-        """Extend the leases of jobs their owner still holds; returns how many."""
-        ...
-
-    def purge(
-        self, before: float, now: float | None = None, traces_before: float | None = None
-    ) -> int:
-        """Forget final (delivered/bounced) jobs last changed before `before`, and
-        messages nothing refers to any more; trace rows (`hops`) recorded before
-        `traces_before` (default: `before`); and content a crash left behind that
-        no message names, once it is an hour older than `now` (default: the time
-        now). Deletes in bounded transactions; returns jobs removed."""
-        ...
-
-    def close(self) -> None: ...
