@@ -1,6 +1,7 @@
 """Who holds a lease, and taking back the leases of a process that died.
 
-A lease owner is "ROLE@HOST:PID". When a worker starts, the leases in its queue
+A lease belongs to one attempt (its token, given by the claim); the process
+that runs the attempt is its owner, "ROLE@HOST:PID". When a worker starts, the leases in its queue
 held by processes of this host that no longer exist go back to the queue at
 once, instead of waiting for the lease to run out (a restart after kill -9).
 Knows nothing about mail.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 
-from .asyncstore import AsyncStore
+from .base import Workers
 
 HOST = socket.gethostname()
 
@@ -34,7 +35,7 @@ def dead_here(name: str) -> bool:
     return False
 
 
-async def reclaim(store: AsyncStore, queue: str, now: float) -> int:
+async def reclaim(store: Workers, queue: str) -> int:
     """Give back the jobs of `queue` leased by dead processes of this host."""
     dead = [name for name in await store.owners(queue) if dead_here(name)]
-    return sum([await store.release_owner(queue, name, now) for name in dead])
+    return sum([await store.release_owner(queue, name) for name in dead])

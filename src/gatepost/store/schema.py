@@ -19,6 +19,8 @@ Tables:
             until the trace retention runs out (`hops_by_time`, version 5).
   workers   one row per running worker ("gateway:GW1"): its last heartbeat, so
             the router can tell a gateway that stopped from one that runs.
+  boot      the boot id of the host whose lease clock (seconds since boot) the
+            leases and heartbeats count in (version 6): after a reboot they end.
 
 Indexes on jobs: `jobs_claim` serves the claims and `due`/`pending` (a backlog
 of deferred jobs not yet due is never visited); `jobs_by_state` (version 2)
@@ -101,8 +103,19 @@ _V4 = ("""ALTER TABLE messages ADD COLUMN hop_count INTEGER NOT NULL DEFAULT 0""
 # only those, not the whole table.
 _V5 = ("""CREATE INDEX hops_by_time ON hops (at)""",)
 
+# A lease belongs to one attempt (its token); an admin action on a job in an
+# attempt waits as `pending`. Leases and heartbeats move to the lease clock
+# (seconds since boot, the boot named in `boot`): the wall-clock ones end.
+_V6 = (
+    "ALTER TABLE jobs ADD COLUMN lease_token TEXT",
+    "ALTER TABLE jobs ADD COLUMN pending TEXT",
+    "CREATE TABLE boot (boot_id TEXT NOT NULL)",
+    "UPDATE jobs SET lease_until = -1 WHERE state = 'active'",
+    "DELETE FROM workers",
+)
+
 # MIGRATIONS[n] takes a file from user_version n to n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 VERSION = len(MIGRATIONS)
 
 

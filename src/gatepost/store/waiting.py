@@ -8,20 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
-from .asyncstore import AsyncStore
+from .base import Workers
 
 POLL = 0.05  # seconds between read-only looks at the queue when nothing woke us
 
 
 async def idle(
-    store: AsyncStore,
+    store: Workers,
     queue: str,
     wakeup: asyncio.Event,
     stop: asyncio.Event,
     limit: float,
-    clock: Callable[[], float] = time.time,
 ) -> bool:
     """Wait at most `limit` seconds for claimable work in `queue`, a wake-up
     hint or a stop; True when there may be work, False when the time ran out."""
@@ -29,7 +27,7 @@ async def idle(
     found = False
     while not (stop.is_set() or found) and time.monotonic() < deadline:
         await wait_any(wakeup, stop, POLL)
-        found = wakeup.is_set() or await store.due(queue, clock())
+        found = wakeup.is_set() or await store.due(queue)
     wakeup.clear()
     return found
 
