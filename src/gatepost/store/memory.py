@@ -1,9 +1,9 @@
 """MemoryStore: the Store interface in memory, a faithful fake for tests.
 
 Does: what a backend does (claims under one token per attempt, renewals,
-outcomes, pending admin actions, hops, mailboxes, workers, purge), on dicts
-of plain rows, answering as the SQLite backend does. Large content is read
-into memory at enqueue and its spool file removed. Async only to match the
+outcomes, pending admin actions, hops, mailboxes, workers, purge) on dicts of
+plain rows, answering as the SQLite backend does. Large content is read into
+memory at enqueue and its spool file removed. Async only to match the
 interface: it never awaits. Wall time (records, retries) and lease time
 (leases, heartbeats) come from its `Clock`.
 Must not know: SQL, SMTP, topology or retry policy.
@@ -48,11 +48,11 @@ from .ids import QUEUE_IDS
 
 NON_FINAL = ("incoming", "active", "deferred", "hold")
 FINAL = ("delivered", "bounced")
-# Admin actions that wait for an attempt, and the states they change at once.
-_AT_ONCE = {
+# The admin actions that wait for an attempt, and the states they change at once.
+AT_ONCE = {
     "hold": ("incoming", "deferred"),
-    "delete": ("incoming", "deferred", "hold"),
     "requeue": ("incoming", "deferred"),
+    "delete": ("incoming", "deferred", "hold"),
 }
 AFTER = "admin, after the attempt"
 CANCELLED = "admin: attempt cancelled before its final dot"
@@ -67,7 +67,6 @@ T = TypeVar("T")
 class _Message:
     sender: str
     size: int
-    created: float
     origin: str
     hop_count: int
     content: bytes
@@ -90,14 +89,13 @@ class _Row:
     queue: str = ROUTER
     state: str = "incoming"
     attempts: int = 0
-    next_attempt: float | None = None
+    next_attempt: float | None = None  # None unless deferred (or held, or leased, after one)
     first_attempt: float | None = None
+    last_reply: str = ""
     owner: str | None = None
     token: str | None = None
     lease_until: float | None = None
-    pending: str | None = None
-    last_reply: str = ""
-    relay: str = ""
+    pending: str | None = None  # the admin action waiting for the attempt
 
     @property
     def key(self) -> JobKey:
@@ -125,15 +123,13 @@ class MemoryStore:
 
     def __init__(self, clock: Clock | None = None, spool: Path | None = None) -> None:
         self.clock = clock if clock is not None else Clock()
-        self._spool = spool  # made on first use when not given
+        self._spool = spool  # a fresh temporary folder, made on first use, when not given
         self._own_spool = spool is None
         self._messages: dict[str, _Message] = {}
         self._jobs: dict[JobKey, _Row] = {}
         self._entries: list[tuple[str, str, float]] = []  # (mailbox, message_id, delivered)
         self._hops: list[Hop] = []
-        self._workers: dict[str, tuple[str, float]] = {}  # name → (owner, seen)
-
-    # -- Intake -------------------------------------------------------------
+        self._workers: dict[str, tuple[str, float]] = {}  # name: (owner, seen)
 
     async def enqueue(self, message: NewMessage) -> str:
         self._check_new([message])
@@ -159,14 +155,14 @@ class MemoryStore:
                 raise ValueError(f"{msg.content_file} is not the spool file of {msg.queue_id!r}")
 
     def _insert(self, msg: NewMessage, now: float) -> str:
-        """One message, an incoming router job and a "received" hop per recipient."""
+        """One message; an incoming router job and a "received" hop per recipient."""
         message_id = msg.queue_id or QUEUE_IDS.next()
         content = msg.content
         if msg.content_file is not None:
             content = msg.content_file.read_bytes()
             msg.content_file.unlink()
         self._messages[message_id] = _Message(
-            msg.sender, len(content), now, msg.origin, msg.hop_count, content, len(msg.recipients)
+            msg.sender, len(content), msg.origin, msg.hop_count, content, len(msg.recipients)
         )
         for rcpt_id, rcpt in enumerate(msg.recipients):
             row = _Row(message_id, rcpt_id, rcpt.address, rcpt.mailbox, msg.location, now, now)
@@ -174,18 +170,17 @@ class MemoryStore:
             self._hop(row, "received", msg.received_by, now)
         return message_id
 
-    # -- Workers: claims and renewals -------------------------------------------
-
     async def claim(self, queue: str, owner: str, limit: int, lease: float) -> list[Job]:
         if limit <= 0:
             return []
         now, lease_now = self.clock.wall(), self.clock.lease()
+        for row in self._rows(queue, "active"):
+            if row.expired(lease_now) and row.pending is not None:
+                self._act(row, row.pending, AFTER, now)  # that attempt is over
         expired = [r for r in self._rows(queue, "active") if r.expired(lease_now)]
-        expired = [r for r in expired if not self._settle(r, now)]
-        incoming = self._rows(queue, "incoming")
         deferred = [r for r in self._rows(queue, "deferred") if r.due(now)]
         deferred.sort(key=lambda r: (r.next_attempt or 0.0, r.order))
-        rows = fair_pick(expired, incoming, deferred, limit)
+        rows = fair_pick(expired, self._rows(queue, "incoming"), deferred, limit)
         token = uuid.uuid4().hex
         for row in rows:
             row.state, row.owner, row.token = "active", owner, token
@@ -193,18 +188,18 @@ class MemoryStore:
         return [self._job(row) for row in sorted(rows, key=lambda r: r.order)]
 
     async def renew(self, jobs: Sequence[Job], lease: float) -> Renewal:
+        rows = [row for row in map(self._leased, jobs) if row is not None]
         until = self.clock.lease() + lease
-        held: set[JobKey] = set()
-        pending: dict[JobKey, str] = {}
-        for job in jobs:
-            row = self._jobs.get(key_of(job))
-            if row is None or row.state != "active" or row.token != job.token:
-                continue
-            row.lease_until = until
-            held.add(row.key)
-            if row.pending is not None:
-                pending[row.key] = row.pending
-        return Renewal(frozenset(held), pending)
+        for row in rows:  # never shortened
+            row.lease_until = until if row.lease_until is None else max(row.lease_until, until)
+        pending = {row.key: row.pending for row in rows if row.pending is not None}
+        return Renewal(frozenset(row.key for row in rows), pending)
+
+    def _leased(self, job: Job) -> _Row | None:
+        """The job's row, while the job's token holds its lease."""
+        row = self._jobs.get(key_of(job))
+        held = row is not None and row.state == "active" and row.token == job.token
+        return row if held else None
 
     def _job(self, row: _Row) -> Job:
         m = self._messages[row.message_id]
@@ -213,8 +208,6 @@ class MemoryStore:
             m.origin, row.queue, row.attempts, row.created, row.first_attempt, m.size,
             owner=row.owner or "", token=row.token or "", warned=m.warned, hop_count=m.hop_count,
         )  # fmt: skip
-
-    # -- Workers: outcomes --------------------------------------------------------
 
     async def complete(
         self,
@@ -232,63 +225,47 @@ class MemoryStore:
             if message is not None and not message.warned:
                 message.warned = True
                 first.append(warning)
-        return [self._insert(msg, now) for msg in [*new, *first]]
+        ids = [self._insert(msg, now) for msg in new]
+        for warning in first:
+            self._insert(warning, now)
+        return ids  # of `new` only (see Workers.complete)
 
     def _apply(self, outcome: Outcome, now: float) -> None:
-        """One outcome; ignored when the job is final or gone, and (unless final
-        itself) when its attempt's token no longer holds the lease."""
+        """One outcome, unless the job is final or gone. A non-final outcome counts
+        only while its attempt's token holds the lease (a stale one is dropped)."""
         row = self._jobs.get(key_of(outcome.job))
         if row is None or row.state in FINAL:
             return
         if isinstance(outcome, Delivered | Bounced):
             self._finish(row, outcome, now)
-        elif row.state != "active" or row.token != outcome.job.token:
+        elif self._leased(outcome.job) is None:
             return
-        elif isinstance(outcome, Deferred):
-            pending = self._attempted(row, outcome.relay, outcome.reply, now)
-            row.state, row.next_attempt = "deferred", outcome.retry_at
-            self._hop(row, "deferred", _detail(outcome.relay, outcome.reply), now)
-            self._then(row, pending, AFTER, now)
-        elif isinstance(outcome, Moved):
-            self._moved(row, outcome, now)
+        elif isinstance(outcome, Cancelled):
+            self._end_attempt(row, now, CANCELLED)
         elif isinstance(outcome, Held):
             self._held(row, outcome, now)
-        elif isinstance(outcome, Cancelled):
-            self._cancelled(row, now)
-
-    def _attempted(self, row: _Row, relay: str, reply: str, now: float) -> str | None:
-        """Count one attempt and end its lease; returns the pending action it had."""
-        pending = row.pending
-        row.attempts += 1
-        row.first_attempt = now if row.first_attempt is None else row.first_attempt
-        row.relay, row.last_reply, row.next_attempt = relay, reply, None
-        row.unlease(now)
-        return pending
-
-    def _finish(self, row: _Row, outcome: Delivered | Bounced, now: float) -> None:
-        job = outcome.job
-        state = "delivered" if isinstance(outcome, Delivered) else "bounced"
-        pending = self._attempted(row, outcome.relay, outcome.reply, now)
-        row.state = state
-        if isinstance(outcome, Delivered) and job.mailbox is not None:
-            self._entries.append((job.mailbox, job.message_id, now))
-            self._messages[job.message_id].in_mailbox = True
-            postoffice = job.mailbox.split("/", 1)[0]  # where the last move brought it
-            self._hop(row, "delivered", f"mailbox {job.mailbox}", now, postoffice)
         else:
-            self._hop(row, state, _detail(outcome.relay, outcome.reply), now, job.location)
-        if pending is not None:
-            self._hop(row, f"{pending} dropped", f"admin: the attempt ended it ({state})", now)
+            self._went_on(row, outcome, now)
 
-    def _moved(self, row: _Row, outcome: Moved, now: float) -> None:
-        pending, detail = row.pending, f"from {row.location} to queue {outcome.queue}"
-        row.location, row.queue, row.state = outcome.to, outcome.queue, "incoming"
-        row.next_attempt = None
-        row.unlease(now)
-        self._hop(row, "moved", detail, now)
-        self._then(row, pending, AFTER, now)
+    def _went_on(self, row: _Row, outcome: Deferred | Moved, now: float) -> None:
+        """Deferred or moved; then the admin action that waited for the attempt."""
+        pending = row.pending
+        if isinstance(outcome, Deferred):
+            self._attempted(row, outcome.reply, now)
+            row.state, row.next_attempt = "deferred", outcome.retry_at
+            self._hop(row, "deferred", _detail(outcome.relay, outcome.reply), now)
+        else:
+            detail = f"from {row.location} to queue {outcome.queue}"
+            row.location, row.queue, row.state = outcome.to, outcome.queue, "incoming"
+            row.next_attempt = None
+            row.unlease(now)
+            self._hop(row, "moved", detail, now)
+        if pending is not None:
+            self._act(row, pending, AFTER, now)
 
     def _held(self, row: _Row, outcome: Held, now: float) -> None:
+        """Set aside by its attempt; a delete that waited is applied instead, and
+        any other waiting action is dropped."""
         if row.pending == "delete":
             self._act(row, "delete", AFTER, now)
             return
@@ -296,27 +273,32 @@ class MemoryStore:
         row.unlease(now)
         self._hop(row, "hold", outcome.why, now)
 
-    def _cancelled(self, row: _Row, now: float) -> None:
-        if not self._then(row, row.pending, CANCELLED, now):
-            row.state, row.next_attempt = "incoming", None
-            row.unlease(now)
+    def _attempted(self, row: _Row, reply: str, now: float) -> None:
+        """Count one attempt and end its lease."""
+        row.attempts += 1
+        row.first_attempt = now if row.first_attempt is None else row.first_attempt
+        row.last_reply, row.next_attempt = reply, None
+        row.unlease(now)
 
-    # -- admin actions, now or after the attempt ------------------------------------
-
-    def _then(self, row: _Row, pending: str | None, detail: str, now: float) -> bool:
-        """Apply the action that waited for the attempt, if any."""
-        if pending is None:
-            return False
-        self._act(row, pending, detail, now)
-        return True
-
-    def _settle(self, row: _Row, now: float) -> bool:
-        """An attempt ended without an outcome (its lease ran out, its owner died):
-        apply the action waiting for it, if any."""
-        return self._then(row, row.pending, AFTER, now)
+    def _finish(self, row: _Row, outcome: Delivered | Bounced, now: float) -> None:
+        """Delivered or bounced: final, and an admin action waiting is dropped."""
+        job, pending = outcome.job, row.pending
+        self._attempted(row, outcome.reply, now)
+        row.state = "delivered" if isinstance(outcome, Delivered) else "bounced"
+        if isinstance(outcome, Delivered) and job.mailbox is not None:
+            self._entries.append((job.mailbox, job.message_id, now))
+            self._messages[job.message_id].in_mailbox = True
+            postoffice = job.mailbox.split("/", 1)[0]  # where the last move brought it
+            self._hop(row, "delivered", f"mailbox {job.mailbox}", now, postoffice)
+        else:
+            detail = _detail(outcome.relay, outcome.reply)
+            self._hop(row, row.state, detail, now, job.location)
+        if pending is not None:
+            ended = f"admin: the attempt ended it ({row.state})"
+            self._hop(row, f"{pending} dropped", ended, now)
 
     def _act(self, row: _Row, action: str, detail: str, now: float) -> None:
-        """Hold, delete or requeue one job at once, with its hop."""
+        """Hold, delete or requeue one job now, with its hop."""
         self._hop(row, action, detail, now)
         if action == "delete":
             self._remove(row)
@@ -327,11 +309,20 @@ class MemoryStore:
             row.state = "hold"
         row.unlease(now)
 
+    def _end_attempt(self, row: _Row, now: float, detail: str = AFTER) -> None:
+        """An attempt ended with no outcome: the admin action waiting for it, if
+        any; else the job is incoming again."""
+        if row.pending is not None:
+            self._act(row, row.pending, detail, now)
+        else:
+            row.state, row.next_attempt = "incoming", None
+            row.unlease(now)
+
     def _admin(self, row: _Row, action: str, now: float) -> Changes:
         """One admin action on one job: what changed now, or waits for its attempt."""
-        if row.state in _AT_ONCE.get(action, ()):
+        if row.state in AT_ONCE.get(action, ()):
             self._act(row, action, "admin", now)
-        elif action in _AT_ONCE and row.state == "active":
+        elif action in AT_ONCE and row.state == "active":
             row.pending, row.updated = action, now
             self._hop(row, f"{action} requested", WAITS, now)
             return Changes(later=1)
@@ -357,35 +348,25 @@ class MemoryStore:
                 changes += self._admin(row, action, now)
         return changes
 
-    # -- Workers: hand-overs, liveness, purge -------------------------------------
-
     async def requeue(self, queue: str, origins: Sequence[str], dead: Sequence[str] = ()) -> int:
         now, lease_now = self.clock.wall(), self.clock.lease()
-        moved = 0
-        for row in self._rows(queue):
-            if self._messages[row.message_id].origin not in origins:
-                continue
-            if row.state == "active":
-                if not (row.expired(lease_now) or row.owner in dead):
-                    continue
-                if self._settle(row, now):
-                    moved += 1
-                    continue
-            elif row.state not in ("incoming", "deferred"):
-                continue
-            row.queue, row.state, row.next_attempt = ROUTER, "incoming", None
-            row.unlease(now)
-            self._hop(row, "requeue", f"from {queue}", now)
-            moved += 1
-        return moved
+        rows = [
+            r for r in self._rows(queue)
+            if self._messages[r.message_id].origin in origins
+            and (r.state in ("incoming", "deferred") or r.expired(lease_now) or r.owner in dead)
+        ]  # fmt: skip
+        for row in rows:  # only an active job has an owner, or an action waiting
+            if row.pending is not None:
+                self._act(row, row.pending, AFTER, now)
+            else:
+                self._act(row, "requeue", f"from {queue}", now)
+        return len(rows)
 
     async def release_owner(self, queue: str, owner: str) -> int:
         now = self.clock.wall()
         rows = [row for row in self._rows(queue, "active") if row.owner == owner]
         for row in rows:
-            if not self._settle(row, now):
-                row.state, row.next_attempt = "incoming", None
-                row.unlease(now)
+            self._end_attempt(row, now)
         return len(rows)
 
     async def owners(self, queue: str) -> set[str]:
@@ -404,9 +385,8 @@ class MemoryStore:
 
     async def due(self, queue: str) -> bool:
         now, lease_now = self.clock.wall(), self.clock.lease()
-        return any(
-            r.state == "incoming" or r.due(now) or r.expired(lease_now) for r in self._rows(queue)
-        )
+        rows = self._rows(queue)
+        return any(r.state == "incoming" or r.due(now) or r.expired(lease_now) for r in rows)
 
     async def pending(self, queue: str) -> int:
         now = self.clock.wall()
@@ -414,32 +394,25 @@ class MemoryStore:
 
     async def purge(self, final_retention: float, trace_retention: float) -> int:
         now = self.clock.wall()
-        before = now - final_retention
-        gone = [r for r in self._jobs.values() if r.state in FINAL and r.updated < before]
+        old = now - final_retention
+        gone = [r for r in self._jobs.values() if r.state in FINAL and r.updated < old]
         for row in gone:
             self._remove(row)
         self._hops = [hop for hop in self._hops if hop.at >= now - trace_retention]
-        if self._spool is not None:
+        if self._spool is not None:  # files written for messages never enqueued
             named = self._messages.__contains__
             for path in spool.orphans(self._spool, named, now - ORPHAN_GRACE):
                 path.unlink(missing_ok=True)
         return len(gone)
 
-    # -- content and mailboxes ----------------------------------------------------
-
     async def content(self, message_id: str) -> bytes:
-        return self._message(message_id).content
+        return self._messages[message_id].content  # KeyError for an unknown message
 
     async def content_head(self, message_id: str) -> bytes:
-        return spool.read_head(io.BytesIO(self._message(message_id).content))
+        return spool.read_head(await self.open_content(message_id))
 
     async def open_content(self, message_id: str) -> BinaryIO:
-        return io.BytesIO(self._message(message_id).content)
-
-    def _message(self, message_id: str) -> _Message:
-        if message_id not in self._messages:
-            raise KeyError(message_id)
-        return self._messages[message_id]
+        return io.BytesIO(self._messages[message_id].content)
 
     async def mailbox(self, mailbox: str) -> list[MailboxEntry]:
         entries = []
@@ -458,8 +431,6 @@ class MemoryStore:
     async def open_mailbox_content(self, mailbox: str, entry_id: int) -> BinaryIO | None:
         content = await self.mailbox_content(mailbox, entry_id)
         return None if content is None else io.BytesIO(content)
-
-    # -- Admin reads --------------------------------------------------------------
 
     async def queue(
         self, states: Sequence[str] = (), limit: int = 1000, after: QueueKey | None = None
@@ -494,11 +465,9 @@ class MemoryStore:
         return schema.VERSION
 
     async def aclose(self) -> None:
-        """Nothing waits; only a spool folder this store made is removed."""
+        """Nothing waits to be written; a spool folder this store made is removed."""
         if self._own_spool and self._spool is not None:
             shutil.rmtree(self._spool, ignore_errors=True)
-
-    # -- rows -----------------------------------------------------------------------
 
     def _rows(self, queue: str, state: str | None = None) -> list[_Row]:
         """The jobs of `queue` (in `state`), oldest first."""
@@ -507,22 +476,19 @@ class MemoryStore:
 
     def _rows_of(self, message_id: str) -> list[_Row]:
         message = self._messages.get(message_id)
-        count = 0 if message is None else message.recipients
-        keys = [(message_id, rcpt_id) for rcpt_id in range(count)]
+        keys = [(message_id, i) for i in range(message.recipients if message else 0)]
         return [self._jobs[key] for key in keys if key in self._jobs]
 
     def _remove(self, row: _Row) -> None:
         """Forget a job, and its message once no job or mailbox entry refers to it."""
         del self._jobs[row.key]
-        message = self._messages[row.message_id]
-        if not message.in_mailbox and not self._rows_of(row.message_id):
+        if not self._messages[row.message_id].in_mailbox and not self._rows_of(row.message_id):
             del self._messages[row.message_id]
 
-    def _hop(
-        self, row: _Row, event: str, detail: str, now: float, postoffice: str | None = None
-    ) -> None:
-        where = row.location if postoffice is None else postoffice
-        self._hops.append(Hop(row.message_id, row.rcpt_id, row.address, now, event, where, detail))
+    def _hop(self, row: _Row, event: str, detail: str, now: float, at: str = "") -> None:
+        """A trace row for the job, where it is (or `at` that postoffice)."""
+        hop = Hop(row.message_id, row.rcpt_id, row.address, now, event, at or row.location, detail)
+        self._hops.append(hop)
 
 
 def _detail(relay: str, reply: str) -> str:
