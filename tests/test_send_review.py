@@ -227,7 +227,7 @@ def test_a_stale_reply_on_a_kept_open_session_does_not_decide_the_next_message(
 def test_a_slow_mx_host_does_not_let_the_lease_on_another_domain_run_out(
     tmp_path: Path, host: ScriptedHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(policy, "LEASE", 3.0)
+    lease = 3.0
     monkeypatch.setattr(outbound, "REPLY_TIMEOUT", 6.0)  # d1's silent greeting: twice a lease
     silent = ScriptedHost(Script(trouble="silent", trouble_at="greeting"), bind="127.0.0.2")
     silent.port = host.port  # MX of d1, on 127.0.0.2; `host` is d2's, on 127.0.0.1
@@ -239,10 +239,10 @@ def test_a_slow_mx_host_does_not_let_the_lease_on_another_domain_run_out(
     d1, d2 = "u@d1.example", "u@d2.example"
 
     async def main() -> tuple[dict[str, Hop], list[Hop]]:
-        async with Harness(tmp_path, gateway, "", Clock()) as h:
+        async with Harness(tmp_path, gateway, "", Clock(), queue=f"lease = {lease}") as h:
             qid = await h.submit(ALICE, [d1, d2], subject="twice")
             hops = await first_outcomes(h, qid, d1, d2)
-            await asyncio.sleep(policy.LEASE + 2)  # time for a second copy, if one were coming
+            await asyncio.sleep(lease + 2)  # time for a second copy, if one were coming
             return hops, await h.store.hops(qid)
 
     try:

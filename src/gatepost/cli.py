@@ -6,14 +6,14 @@ state is the `store`'s, message building is `submit`'s.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +21,7 @@ import click
 
 from gatepost import submit, views
 from gatepost.send.deliverylog import FORMAT_VARIABLE
-from gatepost.store import STATES, QueueKey, Store, StoreDamaged, open_store
+from gatepost.store import STATES, QueueEntry, QueueKey, Store, StoreDamaged, open_store
 from gatepost.topology import (
     AddressError,
     Native,
@@ -36,6 +36,7 @@ from gatepost.topology import (
 from gatepost.topology import diagram as drawing
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 DEFAULT_CONFIG = "gatepost.toml"
 
 
@@ -70,18 +71,22 @@ def topology(config: Path | None) -> Topology:
         sys.exit(2)
 
 
-@contextmanager
-def opened(topo: Topology) -> Iterator[Store]:
-    store = open_store(topo.store)
-    try:
-        yield store
-    finally:
-        store.close()
+def with_store(topo: Topology, work: Callable[[Store], Awaitable[T]]) -> T:
+    """Run `work` on the store (opened for it, closed after)."""
+
+    async def run() -> T:
+        store = open_store(topo.store)
+        try:
+            return await work(store)
+        finally:
+            await store.aclose()
+
+    return asyncio.run(run())
 
 
 def deferred_ids(topo: Topology) -> tuple[str, ...]:
-    with opened(topo) as store:
-        return tuple(dict.fromkeys(e.message_id for e in store.queue(("deferred",), 10**9)))
+    entries = with_store(topo, lambda store: store.queue(("deferred",), 10**9))
+    return tuple(dict.fromkeys(e.message_id for e in entries))
 
 
 def address(topo: Topology, text: str) -> Native | str:
@@ -115,8 +120,7 @@ def check_command(config: Path | None, whole_store: bool) -> None:
 
 def check_store(topo: Topology) -> None:
     try:
-        with opened(topo) as store:
-            damage = store.check()
+        damage = with_store(topo, lambda store: store.check())
     except StoreDamaged as error:
         damage = str(error)
     if damage != "ok":
@@ -199,8 +203,7 @@ def send_command(config: Path | None, sender: str, recipients: tuple[str, ...],
     targets = [address(topo, r) for r in recipients]
     text = body if body is not None else (body_file or sys.stdin).read()
     message = submit.compose(topo, origin, targets, subject, text, time.time())
-    with opened(topo) as store:
-        click.echo(store.enqueue([message], time.time())[0])
+    click.echo(with_store(topo, lambda store: store.enqueue(message)))
 
 
 @main.command("mailbox")
@@ -214,15 +217,14 @@ def mailbox_command(config: Path | None, mailbox: str, as_json: bool, show: int 
     owner = address(topo, mailbox)
     if not isinstance(owner, Native):
         raise click.BadParameter(f"{mailbox} is not a mailbox of {topo.name}")
-    with opened(topo) as store:
-        if show is not None:
-            content = store.open_mailbox_content(owner.key, show)
-            if content is None:
-                raise click.ClickException(f"no message {show} in {native_str(topo, owner)}")
-            with content:
-                shutil.copyfileobj(content, sys.stdout.buffer, 256 * 1024)
-            return
-        rows = views.mailbox_rows(store, owner.key)
+    if show is not None:
+        content = with_store(topo, lambda store: store.open_mailbox_content(owner.key, show))
+        if content is None:
+            raise click.ClickException(f"no message {show} in {native_str(topo, owner)}")
+        with content:
+            shutil.copyfileobj(content, sys.stdout.buffer, 256 * 1024)
+        return
+    rows = with_store(topo, lambda store: views.mailbox_rows(store, owner.key))
     click.echo(json.dumps(rows, indent=2) if as_json else views.mailbox_table(rows))
 
 
@@ -244,9 +246,12 @@ def mailq_command(config: Path | None, as_json: bool, states: tuple[str, ...],
     """What is queued: where it waits, its state, attempts and next attempt.
     One page, oldest first; the page says how to get the next one."""
     start = cursor_option(after)
-    with opened(topology(config)) as store:
-        entries, next_key = views.queue_page(store, states, limit, start, gateway, domain)
-        counts = {} if as_json else store.counts()
+
+    async def page(store: Store) -> tuple[list[QueueEntry], QueueKey | None, dict[str, int]]:
+        entries, next_key = await views.queue_page(store, states, limit, start, gateway, domain)
+        return entries, next_key, {} if as_json else await store.counts()
+
+    entries, next_key, counts = with_store(topology(config), page)
     rows = views.queue_rows(entries)
     if not as_json:
         click.echo(views.queue_table(rows, counts, next_key))
@@ -267,11 +272,11 @@ def cursor_option(text: str | None) -> QueueKey | None:
 
 
 def admin(config: Path | None, ids: tuple[str, ...], action: str) -> None:
-    """Apply a queue action to messages by id and say how many recipients changed."""
-    with opened(topology(config)) as store:
-        changed = store.set_state(ids, action, time.time())
-    click.echo(f"{action}: {changed} recipients in {len(ids)} messages")
-    if not changed:
+    """Apply a queue action to messages by id and say how many recipients changed,
+    and how many change once the attempt sending them ends; exit 1 when none."""
+    changes = with_store(topology(config), lambda store: store.set_state(ids, action))
+    click.echo(f"{action}: {views.changes_text(changes)}")
+    if not (changes.now or changes.later):
         sys.exit(1)
 
 
@@ -347,8 +352,7 @@ def route_command(config: Path | None, recipient: str, sender: str | None) -> No
 @click.argument("queue_id")
 def trace_command(config: Path | None, queue_id: str) -> None:
     """The hops a message actually took, with times."""
-    with opened(topology(config)) as store:
-        hops = store.hops(queue_id)
+    hops = with_store(topology(config), lambda store: store.hops(queue_id))
     if not hops:
         raise click.ClickException(f"no message with queue id {queue_id}")
     click.echo(views.trace_table(hops))

@@ -16,9 +16,6 @@ from gatepost.smtp.events import ProtocolError, Reply
 from gatepost.store.base import Bounced, Deferred, Delivered, Job, Outcome
 from gatepost.topology.model import Delivery
 
-LEASE = 120.0  # how long a claim stays valid without renewal
-HEARTBEAT = 1.0  # how often a running gateway says so in the store
-HEARTBEAT_TTL = 5.0  # a gateway silent for longer is taken as stopped
 PURGE_EVERY = 600.0  # how often the router purges: an orphan spool file goes within 1 h 10 min
 BUSY_RETRY = 5.0  # seconds before mail refused with 421 (too busy) is tried again
 PLAIN_FOR = 3600.0  # after a failed opportunistic TLS handshake, a host gets clear text this long

@@ -18,13 +18,13 @@ from collections.abc import Callable
 from gatepost import notify, policy
 from gatepost.store import (
     ROUTER,
-    AsyncStore,
     Bounced,
     Delivered,
     Job,
     Moved,
     NewMessage,
     Outcome,
+    Workers,
     leases,
     send_queue,
 )
@@ -67,7 +67,7 @@ class Router:
     def __init__(
         self,
         topo: Topology,
-        store: AsyncStore,
+        store: Workers,
         wake_send: Callable[[str], None] = lambda gateway: None,
     ) -> None:
         self.topo = topo
@@ -76,7 +76,7 @@ class Router:
         self.owner = leases.owner("router")
         self.wakeup = asyncio.Event()
         self.living: set[str] = set()
-        self.checked = 0.0
+        self.checked = -float("inf")  # time.monotonic() of the last failover check
 
     def alive(self, gateway: str) -> bool:
         return f"gateway:{gateway}" in self.living
@@ -85,48 +85,48 @@ class Router:
         self.wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await leases.reclaim(self.store, ROUTER, time.time())
-        purged = 0.0
+        await leases.reclaim(self.store, ROUTER)
+        timing, purged = self.topo.queue, -float("inf")
         while not stop.is_set():
-            if time.time() - self.checked >= policy.HEARTBEAT:
-                await self.failover(time.time())
-            if time.time() - purged >= policy.PURGE_EVERY:
-                purged = time.time()
-                await self.purge(purged)
+            if time.monotonic() - self.checked >= timing.heartbeat:
+                await self.failover()
+            if time.monotonic() - purged >= policy.PURGE_EVERY:
+                purged = time.monotonic()
+                await self.purge()
             if not await self.step():
-                await idle(self.store, ROUTER, self.wakeup, stop, policy.HEARTBEAT)
+                await idle(self.store, ROUTER, self.wakeup, stop, timing.heartbeat)
 
-    async def purge(self, now: float) -> None:
+    async def purge(self) -> None:
         """Forget what the [delivery] retentions keep no longer."""
         delivery = self.topo.delivery
-        await self.store.purge(now - delivery.final_retention, now, now - delivery.trace_retention)
+        await self.store.purge(delivery.final_retention, delivery.trace_retention)
 
     async def step(self) -> int:
         """Route one batch; returns how many jobs it handled."""
-        jobs = await self.store.claim(ROUTER, self.owner, BATCH, policy.LEASE, time.time())
+        jobs = await self.store.claim(ROUTER, self.owner, BATCH, self.topo.queue.lease)
         if not jobs:
             return 0
         now = time.time()  # after the claim, which may have waited for the write lock
         outcomes = [o for job in jobs for o in plan(self.topo, job, self.alive)]
         reports = await self.reports(outcomes, now)
-        await self.store.complete(outcomes, now, reports)
+        await self.store.complete(outcomes, reports)
         self.log(outcomes)
         for queue in {o.queue for o in outcomes if isinstance(o, Moved) and o.queue != ROUTER}:
             self.wake_send(queue.removeprefix("send:"))
         return len(jobs)
 
-    async def failover(self, now: float) -> None:
+    async def failover(self) -> None:
         """Learn which gateways run; give the mail waiting for a stopped one to
         the router again wherever another running gateway serves its origin."""
-        self.checked = now
-        self.living = await self.store.alive(now - policy.HEARTBEAT_TTL)
+        self.checked = time.monotonic()
+        self.living = await self.store.alive(self.topo.queue.failover_after)
         for name, gateway in self.topo.gateways.items():
             if not gateway.sends or self.alive(name):
                 continue
             origins = [po for po in gateway.serves if self.takes_over(po, name)]
             queue = send_queue(name)
             dead = [owner for owner in await self.store.owners(queue) if leases.dead_here(owner)]
-            moved = await self.store.requeue(queue, origins, now, dead)
+            moved = await self.store.requeue(queue, origins, dead)
             if moved:
                 log.info("gateway %s is not running: %d recipients go to another gateway",
                          name, moved)

@@ -22,7 +22,7 @@ from gatepost.receive import ReceiveSide
 from gatepost.receive.capture import Capture
 from gatepost.router import Router
 from gatepost.send import SendSide
-from gatepost.store import AsyncStore, StoreDamaged, open_store
+from gatepost.store import Store, StoreDamaged, open_store
 from gatepost.supervisor import STOP_SIGNALS
 from gatepost.topology import Topology
 
@@ -87,7 +87,7 @@ async def listening(opening: Awaitable[object], what: str) -> None:
         raise StartError(f"{what}: cannot listen: {error.strerror or error}") from error
 
 
-async def start(topo: Topology, roles: list[str], store: AsyncStore, stop: asyncio.Event) -> Running:
+async def start(topo: Topology, roles: list[str], store: Store, stop: asyncio.Event) -> Running:
     running = Running()
     senders = {
         name: SendSide(topo, gw, store)
@@ -114,7 +114,7 @@ async def start(topo: Topology, roles: list[str], store: AsyncStore, stop: async
     return running
 
 
-async def opening(store: AsyncStore, url: str) -> None:
+async def opening(store: Store, url: str) -> None:
     """Open the store and read its schema version, waiting while other processes
     hold it; the whole-file check is `gatepost check --store`'s, not every start's."""
     try:
@@ -154,7 +154,7 @@ async def serve(topo: Topology, roles: list[str], announce: Callable[[list[str]]
 async def serve_roles(
     topo: Topology, roles: list[str], announce: Callable[[list[str]], None], stop: asyncio.Event
 ) -> None:
-    store = AsyncStore(lambda: open_store(topo.store))
+    store = open_store(topo.store)
     try:
         await opening(store, topo.store)
         running = await start(topo, roles, store, stop)

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from gatepost.store import STATES, Hop, QueueEntry, QueueKey, Store, read_head
+from gatepost.store import STATES, Admin, Changes, Hop, Mailboxes, QueueEntry, QueueKey, read_head
 from gatepost.topology import Topology
 
 Row = dict[str, Any]
@@ -33,11 +33,12 @@ def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     )
 
 
-def mailbox_rows(store: Store, mailbox: str) -> list[Row]:
+async def mailbox_rows(store: Mailboxes, mailbox: str) -> list[Row]:
     parser = email.parser.BytesHeaderParser(policy=email.policy.default)
     rows = []
-    for entry in store.mailbox(mailbox):
-        headers = parser.parsebytes(read_head(store.open_mailbox_content(mailbox, entry.entry_id)))
+    for entry in await store.mailbox(mailbox):
+        content = await store.open_mailbox_content(mailbox, entry.entry_id)
+        headers = parser.parsebytes(read_head(content))
         rows.append({
             "id": entry.entry_id,
             "queue_id": entry.message_id,
@@ -61,8 +62,8 @@ def mailbox_table(rows: list[Row]) -> str:
 SCAN_BUDGET = 10_000  # entries one filtered mailq page examines at most
 
 
-def queue_page(
-    store: Store, states: Sequence[str], limit: int, after: QueueKey | None = None,
+async def queue_page(
+    store: Admin, states: Sequence[str], limit: int, after: QueueKey | None = None,
     gateway: str | None = None, domain: str | None = None,
 ) -> tuple[list[QueueEntry], QueueKey | None]:
     """One mailq page: up to `limit` entries after `after` that pass the filters,
@@ -72,7 +73,7 @@ def queue_page(
     shown: list[QueueEntry] = []
     cursor, examined = after, 0
     while examined < max(SCAN_BUDGET, 10 * limit):
-        entries = store.queue(states, chunk, cursor)
+        entries = await store.queue(states, chunk, cursor)
         for entry in entries:
             if len(shown) == limit:
                 return shown, cursor  # `entry` and maybe more follow
@@ -81,6 +82,12 @@ def queue_page(
         if len(entries) < chunk:
             return shown, None
     return shown, cursor
+
+
+def changes_text(changes: Changes) -> str:
+    """What an admin action did: "2 changed, 1 after its current attempt"."""
+    later = f", {changes.later} after its current attempt" if changes.later else ""
+    return f"{changes.now} changed{later}"
 
 
 def cursor_text(key: QueueKey) -> str:

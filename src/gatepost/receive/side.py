@@ -34,7 +34,7 @@ from gatepost.smtp.events import (
 from gatepost.smtp.replies import TALKED_FIRST, TIMED_OUT, TOO_MANY_CONNECTIONS
 from gatepost.smtp.server import Limits, ServerConnection
 from gatepost.smtp.table import State
-from gatepost.store import AsyncStore, NewMessage, NewRecipient, new_queue_id
+from gatepost.store import Intake, NewMessage, NewRecipient, new_queue_id
 from gatepost.topology import (
     AddressError,
     Gateway,
@@ -93,7 +93,7 @@ class ReceiveSide:
         self,
         topo: Topology,
         gateway: Gateway,
-        store: AsyncStore,
+        store: Intake,
         wake_router: Callable[[], None] = lambda: None,
         limits: Limits | None = None,
         deadlines: Deadlines | None = None,

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from gatepost.store import AsyncStore, SpoolWriter
+from gatepost.store import Intake, SpoolWriter
 
 SPOOL_ABOVE = 1 << 20  # bytes kept in memory before the content goes to a file
 
 
 class Body:
-    def __init__(self, store: AsyncStore, queue_id: str, trace: bytes) -> None:
+    def __init__(self, store: Intake, queue_id: str, trace: bytes) -> None:
         self.store = store
         self.queue_id = queue_id
         self.size = len(trace)

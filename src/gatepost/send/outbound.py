@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -53,6 +54,7 @@ CONTENT_PIECE = 256 * 1024  # bytes read from a content file per write
 CLOSED = "4.4.2 connection closed by the smart host"
 
 Payload = bytes | BinaryIO  # a message's content: whole, or a file to stream
+DotCheck = Callable[[], Awaitable[str | None]]  # None: the final dot may go; else why not
 
 
 class SessionError(Exception):
@@ -80,6 +82,15 @@ class Security:
     def clear_auth(self) -> bool:
         """May the password go without TLS (tls = "none" on purpose)?"""
         return self.tls == "none" and not self.fallback
+
+
+class DotWithheld(SessionError):
+    """The content went but not the final dot (the `DotCheck` said why): the
+    connection is closed, so the host discards the message."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"4.4.0 the final dot was withheld: {why}")
+        self.why = why
 
 
 class HandshakeFailed(SessionError):
@@ -222,8 +233,12 @@ class Outbound:
                     raise SessionError(CLOSED)
                 self.conn.receive_data(await self.reader.read(READ_SIZE))
 
-    async def transact(self, sender: str, recipients: list[str], content: Payload) -> list[Reply]:
-        """One mail transaction; returns the reply that decides each recipient."""
+    async def transact(
+        self, sender: str, recipients: list[str], content: Payload, before_dot: DotCheck | None = None
+    ) -> list[Reply]:
+        """One mail transaction; returns the reply that decides each recipient.
+        `before_dot` is asked, once the content is sent, whether the final dot
+        may go; when not, DotWithheld is raised and the session is closed."""
         if isinstance(content, bytes):
             size, eight_bit = len(content), not content.isascii()
         else:
@@ -234,7 +249,7 @@ class Outbound:
         mail = Mail(sender, size, "8BITMIME" if eight_bit else None, utf8)
         transaction = Transaction(mail, recipients, "PIPELINING" in self.conn.extensions)
         try:
-            replies = await self.run(transaction, content)
+            replies = await self.run(transaction, content, before_dot)
         except Exception as error:
             if transaction.settled is None:
                 raise
@@ -243,7 +258,9 @@ class Outbound:
         self.broken = self.unasked()
         return replies
 
-    async def run(self, transaction: Transaction, content: Payload) -> list[Reply]:
+    async def run(
+        self, transaction: Transaction, content: Payload, before_dot: DotCheck | None
+    ) -> list[Reply]:
         step: Step = transaction.start()
         while True:
             if isinstance(step, Finished):
@@ -251,7 +268,7 @@ class Outbound:
             if isinstance(step, Broken):
                 raise SessionError(step.reply)
             if isinstance(step, WriteContent):
-                await self.send_content(content)
+                await self.send_content(content, before_dot)
             elif step.commands:
                 await self.send(*step.commands)
             timeout = FINAL_TIMEOUT if transaction.awaiting_final else REPLY_TIMEOUT
@@ -275,14 +292,22 @@ class Outbound:
             return error
         return None
 
-    async def send_content(self, content: Payload) -> None:
-        """Send the content after 354; a file goes piece by piece."""
-        if isinstance(content, bytes):
+    async def send_content(self, content: Payload, before_dot: DotCheck | None = None) -> None:
+        """Send the content after 354 (a file piece by piece), then the final
+        dot once `before_dot` lets it go."""
+        if isinstance(content, bytes) and before_dot is None:
             await self.send(Message(content))
             return
-        while piece := content.read(CONTENT_PIECE):
-            await self.write(self.conn.send(Content(piece)))
-        await self.write(self.conn.send(Message(b"")))
+        if isinstance(content, bytes):
+            await self.send(Content(content))
+        else:
+            while piece := content.read(CONTENT_PIECE):
+                await self.write(self.conn.send(Content(piece)))
+        why = await before_dot() if before_dot is not None else None
+        if why is not None:
+            self.close()
+            raise DotWithheld(why)
+        await self.send(Message(b""))
 
     async def quit(self) -> None:
         """QUIT (its reply is not awaited), then close."""

@@ -2,8 +2,11 @@
 smart hosts (or the recipient domains' MX hosts), over several SMTP sessions,
 several messages per session, pipelined.
 
-It records each recipient's outcome in the store, with the bounces and delay
-warnings they call for; what a reply or an error means, and when to retry,
+Each claim is one attempt (`leases.Attempt`): its lease is renewed while it
+runs, and a message's final dot goes only once its lease outlasts the wait
+for the final reply and no hold or delete waits for it. Each message's
+outcome is recorded as soon as its transaction ends, with the bounces and
+delay warnings it calls for; what a reply or an error means, and when to retry,
 warn or bounce, is `policy`'s decision, where to connect and how often is
 `relays'`. Whatever a remote host does ends that session at most: what its
 replies decided stands, the rest is deferred, and the worker goes on. It
@@ -13,10 +16,9 @@ knows no SMTP syntax (the client core does) and no DNS (`mx` does).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import TypeVar
@@ -25,6 +27,8 @@ from gatepost import notify, policy
 from gatepost.send import credentials, deliverylog
 from gatepost.send.mx import MxResolver, NoMailHost
 from gatepost.send.outbound import (
+    FINAL_TIMEOUT,
+    DotWithheld,
     HandshakeFailed,
     Outbound,
     Payload,
@@ -36,16 +40,20 @@ from gatepost.send.relays import Gate, Pace, Relays
 from gatepost.send.signing import Signer
 from gatepost.smtp.events import ProtocolError, Reply
 from gatepost.store import (
-    AsyncStore,
     Bounced,
+    Cancelled,
     DamagedMessage,
     Deferred,
+    Held,
     Job,
     NewMessage,
     Outcome,
+    Workers,
+    key_of,
     leases,
     send_queue,
 )
+from gatepost.store.leases import Attempt
 from gatepost.store.waiting import idle, wait_any
 from gatepost.topology import Gateway, Topology
 from gatepost.topology.model import HostPort
@@ -110,15 +118,17 @@ class SendSide:
         self,
         topo: Topology,
         gateway: Gateway,
-        store: AsyncStore,
+        store: Workers,
         sessions: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`clock` is the wall clock outcomes are dated by (retry times)."""
         assert gateway.smarthosts or gateway.mx, "a sending gateway needs smart hosts or MX"
         self.topo = topo
         self.gateway = gateway
         self.store = store
         self.delivery = topo.delivery
+        self.timing = topo.queue
         self.clock = clock
         spread = gateway.smarthost_policy == "spread"
         hosts = max(1, len(gateway.smarthosts)) if spread else 1
@@ -126,7 +136,7 @@ class SendSide:
         self.relays = Relays(spread=spread)
         self.gates: dict[HostPort, Gate] = {}
         self.freed = asyncio.Event()
-        self.pace = Pace(gateway.rate, clock)
+        self.pace = Pace(gateway.rate, time.monotonic)
         self.signer = Signer(gateway.dkim)
         self.context = client_context(gateway.tls, gateway.tls_ca, gateway.tls_verify)
         # After a failed handshake, clear text only where nothing is lost by it: TLS is
@@ -144,7 +154,7 @@ class SendSide:
         self.wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await leases.reclaim(self.store, self.queue, self.clock())
+        await leases.reclaim(self.store, self.queue)
         workers = [self.worker(stop) for _ in range(self.sessions)]
         await asyncio.gather(self.heartbeat(stop), *workers)
         await self.store.forget(self.name, self.owner)  # only once nothing is in flight
@@ -153,57 +163,75 @@ class SendSide:
         """Tell the store this gateway runs, until it stops."""
         while not stop.is_set():
             await self.alive()
-            await wait_any(stop, stop, policy.HEARTBEAT)
+            await wait_any(stop, stop, self.timing.heartbeat)
 
     async def alive(self) -> None:
-        await self.store.heartbeat(self.name, self.owner, self.clock())
+        await self.store.heartbeat(self.name, self.owner)
 
     async def worker(self, stop: asyncio.Event) -> None:
         link: Link | None = None
         try:
             while not stop.is_set():
-                jobs = await self.store.claim(
-                    self.queue, self.owner, PER_CLAIM, policy.LEASE, self.clock()
-                )
+                jobs = await self.store.claim(self.queue, self.owner, PER_CLAIM, self.timing.lease)
                 if not jobs:
-                    more = await idle(self.store, self.queue, self.wakeup, stop, KEEP_OPEN, self.clock)
+                    more = await idle(self.store, self.queue, self.wakeup, stop, KEEP_OPEN)
                     if not more:  # quiet for a while: say goodbye to the smart host
                         await self.release(link)
                         link = None
                     continue
-                async with self.holding(jobs):  # all of them, however long one destination takes
+                async with Attempt(self.store, jobs, self.timing.lease) as attempt:
                     for destination, group in by_destination(jobs, self.mx is not None):
-                        link = await self.deliver(link, destination, group)
+                        link = await self.deliver(attempt, link, destination, group)
         finally:
             await self.release(link)
 
-    async def deliver(self, link: Link | None, destination: str, jobs: list[Job]) -> Link | None:
-        """Deliver jobs for one destination, over `link` when it goes there;
-        returns the link to reuse, or None when it broke or was used up."""
-        outcomes: list[Outcome] = []
+    async def deliver(
+        self, attempt: Attempt, link: Link | None, destination: str, jobs: list[Job]
+    ) -> Link | None:
+        """Deliver jobs for one destination, over `link` when it goes there,
+        recording each message's outcome as its transaction ends; returns the
+        link to reuse, or None when it broke or was used up."""
         if link is not None and link.destination != destination:
             await self.release(link)
             link = None
         try:
             for group in by_message(jobs, lambda job: job):
+                if attempt.gone(group):  # another attempt has it now: not ours to send
+                    continue
                 link = await self.spent(link)
                 link = link or await self.connect(destination)
-                outcomes += await self.transact(link, group)
+                try:
+                    outcomes = await self.transact(attempt, link, group)
+                except DotWithheld as withheld:
+                    outcomes = self.withheld(group, withheld.why)
+                    await self.release(link, polite=False)
+                    link = None
+                await self.record(attempt, outcomes)
         except NoMailHost as error:
             reply = policy.no_mail_host(error.why, error.domain, error.detail)
-            outcomes += self.undecided(jobs, outcomes, reply, "")
+            await self.record(attempt, self.undecided(attempt, jobs, reply, ""))
         except Exception as error:  # noqa: BLE001 - the host's doing or a bug: this session only
             relay = str(link.target) if link else ""
             reply = self.ended(link, error) if link else reply_for(error)
-            outcomes += self.undecided(jobs, outcomes, reply, relay)
+            await self.record(attempt, self.undecided(attempt, jobs, reply, relay))
             await self.release(link, polite=False)
             link = None
-        await self.record(outcomes)
         link = await self.spent(link)
         if link is not None and link.gate.open > link.gate.capacity():
             await self.release(link)
             link = None
         return link
+
+    def withheld(self, jobs: list[Job], why: str) -> list[Outcome]:
+        """Outcomes of a message whose final dot did not go: the admin action
+        that stopped it, or (its lease in doubt) a retry at once, which counts
+        only if the lease is still this attempt's."""
+        if why in ("hold", "delete"):
+            log.info("%s: not sent: %s while it was being sent", jobs[0].message_id, why)
+            return [Cancelled(job) for job in jobs]
+        reply = f"451 4.4.0 not sent: the final dot was withheld ({why} lease)"
+        now = self.clock()
+        return [Deferred(job, now, reply) for job in jobs]
 
     async def spent(self, link: Link | None) -> Link | None:
         """`link` while it can carry another message, else None (and it is closed):
@@ -230,37 +258,15 @@ class SendSide:
         log_trouble(str(link.target), reply, error)
         return reply
 
-    @contextlib.asynccontextmanager
-    async def holding(self, jobs: list[Job]) -> AsyncIterator[None]:
-        """Keep the claim on `jobs` while they are being delivered, however long
-        a silent or slow host takes, so that no other worker takes (and sends
-        again) what this one still holds: renewed every third of a lease."""
-        renewing = asyncio.ensure_future(self.renew(jobs))
-        try:
-            yield
-        finally:
-            renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
-
-    async def renew(self, jobs: list[Job]) -> None:
-        while True:
-            await asyncio.sleep(policy.LEASE / 3)
-            try:
-                await self.store.renew(jobs, self.clock() + policy.LEASE)
-            except Exception as error:  # noqa: BLE001 - try again at the next third
-                log.warning("could not renew %d leases: %s", len(jobs), error)
-
     def undecided(
-        self, jobs: list[Job], done: list[Outcome], reply: Reply, relay: str
+        self, attempt: Attempt, jobs: list[Job], reply: Reply, relay: str
     ) -> list[Outcome]:
-        """Outcomes for the jobs not decided yet (`done` holds those decided)."""
-        decided = {(o.job.message_id, o.job.rcpt_id) for o in done}
+        """Outcomes for the jobs of `jobs` not decided yet in this attempt."""
         now = self.clock()
         return [
             policy.outcome(job, reply, relay, now, self.delivery)
             for job in jobs
-            if (job.message_id, job.rcpt_id) not in decided
+            if key_of(job) in attempt.open and not attempt.gone([job])
         ]
 
     async def targets(self, destination: str) -> list[Target]:
@@ -275,10 +281,10 @@ class SendSide:
         targets = await self.targets(destination)
         busy = f"4.4.5 every session to {destination or 'the smart host'} is busy"
         reply = policy.session_failed(busy)
-        deadline = self.clock() + GATE_WAIT
-        while self.clock() < deadline:
+        deadline = time.monotonic() + GATE_WAIT
+        while time.monotonic() < deadline:
             tried = False
-            for target in self.relays.order([t.address for t in targets], self.clock()):
+            for target in self.relays.order([t.address for t in targets], time.monotonic()):
                 found = next(t for t in targets if t.address == target)
                 gate = self.gate(target)
                 if not gate.try_enter():
@@ -301,13 +307,13 @@ class SendSide:
 
     def gate(self, host: HostPort) -> Gate:
         if host not in self.gates:
-            self.gates[host] = Gate(self.gateway.max_sessions, self.clock)
+            self.gates[host] = Gate(self.gateway.max_sessions, time.monotonic)
         return self.gates[host]
 
     def security(self, host: HostPort, login: credentials.Login | None) -> Security:
         """How to protect a session to `host`: as configured, or without STARTTLS
         while an opportunistic handshake with it failed lately."""
-        if self.may_go_plain and self.relays.plain(host, self.clock()):
+        if self.may_go_plain and self.relays.plain(host, time.monotonic()):
             return Security("none", None, login, fallback=True)
         return Security(self.gateway.tls, self.context, login)
 
@@ -323,19 +329,22 @@ class SendSide:
         try:
             session = await Outbound.open(host.host, host.port, self.helo, security, target.name)
         except (OSError, TimeoutError) as exc:
-            self.relays.dead(host, self.clock())
+            self.relays.dead(host, time.monotonic())
             raise SessionError(f"4.4.1 no session with {target}: {exc or 'timed out'}") from exc
         except HandshakeFailed:
             if self.may_go_plain:  # like Postfix's "may": clear text next time
-                self.relays.handshake_failed(host, self.clock())
+                self.relays.handshake_failed(host, time.monotonic())
                 log.warning("TLS with %s failed: its next sessions go without TLS for %d s",
                             target, policy.PLAIN_FOR)
             raise
         self.relays.alive(host)
         return session
 
-    async def transact(self, link: Link, jobs: list[Job]) -> list[Outcome]:
+    async def transact(self, attempt: Attempt, link: Link, jobs: list[Job]) -> list[Outcome]:
         first = jobs[0]
+        action = attempt.cancelled(jobs)
+        if action is not None:  # a hold or delete waits for it: do not start
+            return [Cancelled(job) for job in jobs]
         try:
             content = await self.payload(first)
         except KeyError:  # deleted (gatepost delete) since it was claimed: nothing to send
@@ -344,11 +353,13 @@ class SendSide:
         except DamagedMessage as error:  # never send part of a message: set it aside
             log.error("%s: damaged, put on hold (see mailq --state hold): %s",
                       first.message_id, error)
-            await self.store.set_state([first.message_id], "hold", self.clock())
-            return []
+            return [Held(job, f"damaged: {error}") for job in jobs]
         await self.pace.wait()
+        rcpts = [job.address for job in jobs]
         try:
-            replies = await link.session.transact(first.sender, [j.address for j in jobs], content)
+            replies = await link.session.transact(
+                first.sender, rcpts, content, lambda: attempt.before_dot(jobs, FINAL_TIMEOUT)
+            )
         finally:
             if not isinstance(content, bytes):
                 content.close()
@@ -378,12 +389,14 @@ class SendSide:
             link.gate.leave()
             self.freed.set()
 
-    async def record(self, outcomes: list[Outcome]) -> None:
+    async def record(self, attempt: Attempt, outcomes: list[Outcome]) -> None:
+        """Commit one message's outcomes (with the reports they call for)."""
+        attempt.decided(o.job for o in outcomes)
         if not outcomes:
             return
         now = self.clock()
         bounces, warnings = await self.bounces(outcomes, now), await self.warnings(outcomes, now)
-        await self.store.complete(outcomes, now, bounces, warnings)
+        await self.store.complete(outcomes, bounces, warnings)
         deliverylog.write(outcomes, now)
 
     async def bounces(self, outcomes: Iterable[Outcome], now: float) -> list[NewMessage]:

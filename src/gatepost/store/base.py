@@ -239,8 +239,9 @@ class Workers(Protocol):
         ...
 
     async def renew(self, jobs: Sequence[Job], lease: float) -> Renewal:
-        """Extend to `lease` seconds from now the leases that these jobs' token
-        still holds, and only those; report them and any admin action waiting."""
+        """Extend to `lease` seconds from now (never shorten) the leases that
+        these jobs' token still holds, and only those; report them and any
+        admin action waiting."""
         ...
 
     async def complete(

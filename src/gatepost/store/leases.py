@@ -4,17 +4,26 @@ A lease belongs to one attempt (its token, given by the claim); the process
 that runs the attempt is its owner, "ROLE@HOST:PID". When a worker starts, the leases in its queue
 held by processes of this host that no longer exist go back to the queue at
 once, instead of waiting for the lease to run out (a restart after kill -9).
-Knows nothing about mail.
+`Attempt` keeps one claim's lease while it is being worked on. Knows nothing
+about mail.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
 import socket
+import time
+from collections.abc import Iterable, Sequence
+from typing import Self
 
-from .base import Workers
+from .base import Job, JobKey, Workers, key_of
 
 HOST = socket.gethostname()
+MARGIN = 0.1  # of a lease: a renewal must come back this long before the lease ends
+log = logging.getLogger("gatepost.leases")
 
 
 def owner(role: str) -> str:
@@ -39,3 +48,84 @@ async def reclaim(store: Workers, queue: str) -> int:
     """Give back the jobs of `queue` leased by dead processes of this host."""
     dead = [name for name in await store.owners(queue) if dead_here(name)]
     return sum([await store.release_owner(queue, name) for name in dead])
+
+
+class Attempt:
+    """The lease of one claim, kept while its attempt runs, however long a
+    remote host takes: renewed every third of a lease; the jobs it lost and the
+    admin actions waiting for it are noted as renewals report them.
+    `before_dot` extends one message's lease past the final reply's timeout,
+    and says whether the final dot may go. Durations are monotonic."""
+
+    def __init__(self, store: Workers, jobs: list[Job], lease: float) -> None:
+        self.store = store
+        self.lease = lease
+        self.open = {key_of(job): job for job in jobs}  # not yet decided
+        self.held_until = time.monotonic() + lease  # at the latest (the claim came before)
+        self.lost: set[JobKey] = set()
+        self.pending: dict[JobKey, str] = {}
+        self._renewing: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        self._renewing = asyncio.ensure_future(self._renew_often())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._renewing is not None:
+            self._renewing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewing
+
+    def decided(self, jobs: Iterable[Job]) -> None:
+        """These jobs' outcomes are in: no more renewals for them."""
+        for job in jobs:
+            self.open.pop(key_of(job), None)
+
+    def gone(self, jobs: Sequence[Job]) -> bool:
+        """Has another attempt taken any of these jobs?"""
+        return any(key_of(job) in self.lost for job in jobs)
+
+    def cancelled(self, jobs: Sequence[Job]) -> str | None:
+        """"hold" or "delete" when such an action waits for every one of `jobs`:
+        their message should not go out now."""
+        actions = {self.pending.get(key_of(job)) for job in jobs}
+        return actions.pop() if len(actions) == 1 and actions <= {"hold", "delete"} else None
+
+    async def _renew_often(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                await self.renew(list(self.open.values()), self.lease)
+            except Exception as error:  # noqa: BLE001 - try again at the next third
+                log.warning("could not renew %d leases: %s", len(self.open), error)
+
+    async def renew(self, jobs: Sequence[Job], lease: float) -> bool:
+        """Renew `jobs` for `lease` seconds; True when every one is still held."""
+        if not jobs:
+            return True
+        started = time.monotonic()
+        renewal = await self.store.renew(jobs, lease)
+        lost = {key_of(job) for job in renewal.lost(jobs)}
+        self.lost |= lost
+        for job in jobs:
+            self.pending.pop(key_of(job), None)
+        self.pending.update(renewal.pending)
+        if not lost and len(jobs) == len(self.open):
+            self.held_until = max(self.held_until, started + lease)
+        return not lost
+
+    async def before_dot(self, jobs: Sequence[Job], final_wait: float) -> str | None:
+        """None when the final dot of `jobs`' message may go: their lease now
+        outlasts `final_wait` (the final reply's timeout). Otherwise why not:
+        "lost" (another attempt has them, or the store did not answer while
+        the lease lasted) or the admin action waiting ("hold", "delete")."""
+        room = self.held_until - time.monotonic() - self.lease * MARGIN
+        if room <= 0 or self.gone(jobs):
+            return "lost"
+        try:
+            async with asyncio.timeout(room):
+                held = await self.renew(jobs, final_wait + self.lease)
+        except Exception as error:  # noqa: BLE001 - a lease not known to hold is lost
+            log.warning("lease not renewed before the final dot: %s", error or "timed out")
+            return "lost"
+        return self.cancelled(jobs) if held else "lost"

@@ -47,7 +47,7 @@ class Gathered(Generic[T, R]):
     """Items written together: `write(items)` (one transaction) returns one
     result per item; each `add` awaits its own result."""
 
-    def __init__(self, write: Callable[[list[T]], "asyncio.Future[list[R]]"], most: int) -> None:
+    def __init__(self, write: Callable[[list[T]], asyncio.Future[list[R]]], most: int) -> None:
         self._write = write
         self._most = most
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []

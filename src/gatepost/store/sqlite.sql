@@ -34,7 +34,7 @@ SELECT message_id, rcpt_id FROM jobs
 WHERE queue = ? AND state = 'active' AND lease_until < ? AND pending IS NOT NULL
 
 -- name: renew
-UPDATE jobs SET lease_until = ? WHERE message_id = ? AND rcpt_id = ?
+UPDATE jobs SET lease_until = max(lease_until, ?) WHERE message_id = ? AND rcpt_id = ?
 AND state = 'active' AND lease_token = ? RETURNING pending
 
 -- name: job_for_outcome

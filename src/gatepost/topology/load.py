@@ -25,6 +25,7 @@ from gatepost.topology.model import (
     Limits,
     Postoffice,
     Problem,
+    QueueTiming,
     Role,
     Topology,
     TopologyError,
@@ -34,10 +35,12 @@ from gatepost.topology.options import (
     DELIVERY_KEYS,
     LIMITS_KEYS,
     MX,
+    QUEUE_KEYS,
     SECRET_KEYS,
     SEND_KEYS,
     delivery_options,
     limits_options,
+    queue_options,
     send_options,
 )
 
@@ -47,7 +50,7 @@ ROLES: tuple[Role, ...] = ("both", "send", "receive")
 FILE = "<file>"
 Table = dict[str, Any]
 
-TOP_KEYS = ("network", "postoffices", "gateways", "capture", "delivery", "limits")
+TOP_KEYS = ("network", "postoffices", "gateways", "capture", "delivery", "limits", "queue")
 NETWORK_KEYS = ("name", "domains", "store")
 PO_KEYS = ("domains", "mailboxes", "links")
 GW_KEYS = ("postoffice", "role", "listen", "smarthost", "serves", "relay_from", *SEND_KEYS)
@@ -158,11 +161,13 @@ class _Builder:
         capture = self._capture(raw.get("capture"))
         delivery = self._delivery(raw.get("delivery"))
         limits = self._limits(raw.get("limits"))
+        queue = self._queue(raw.get("queue"))
         if network is None:
             return None
         name, domains, store = network
         topo = Topology(
-            name, domains, store, postoffices, gateways, capture, self.source, delivery, limits
+            name, domains, store, postoffices, gateways, capture, self.source, delivery, limits,
+            queue,
         )
         Crosscheck(topo, self.f).run()
         return topo
@@ -352,6 +357,17 @@ class _Builder:
             return Limits()
         _only(self.f, table, LIMITS_KEYS, "limits")
         return Limits(**limits_options(table, self.f.error))
+
+    # [queue]
+    def _queue(self, value: object) -> QueueTiming:
+        table = None if value is None else _table(self.f, value, "queue")
+        if table is None:
+            return QueueTiming()
+        _only(self.f, table, QUEUE_KEYS, "queue")
+        timing = QueueTiming(**queue_options(table, self.f.error))
+        if timing.heartbeat >= timing.failover_after:
+            self.f.error("queue.failover_after", "must be longer than queue.heartbeat")
+        return timing
 
     # [delivery]
     def _delivery(self, value: object) -> Delivery:

@@ -155,6 +155,16 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueTiming:
+    """How long an attempt's lease lasts between renewals, and how gateways
+    tell the router they run ([queue]), in seconds of the lease clock."""
+
+    lease: float = 120.0  # renewed every third of it while the attempt runs
+    heartbeat: float = 1.0  # a running send side says so this often
+    failover_after: float = 5.0  # a send side silent this long counts as stopped
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
     name: str
     domains: tuple[str, ...]  # org-wide domains, lower-case
@@ -165,6 +175,7 @@ class Topology:
     source: Path  # the file it came from, absolute
     delivery: Delivery = Delivery()
     limits: Limits = Limits()
+    queue: QueueTiming = QueueTiming()
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ SEND_KEYS = (
 SECRET_KEYS = ("password", "auth_password", "secret")
 DELIVERY_KEYS = ("retry_min", "retry_max", "warn_after", "lifetime", "final_retention",
                  "trace_retention")
+QUEUE_KEYS = ("lease", "heartbeat", "failover_after")
 DKIM_KEYS = ("domain", "selector", "key_file")
 LIMIT_COUNTS = ("max_message_size", "max_recipients", "max_connections",
                 "max_connections_per_client", "data_rate", "hopcount_limit")
@@ -83,6 +84,22 @@ def delivery_options(table: Table, error: Error) -> dict[str, float]:
     for name in ("retry_min", "lifetime"):
         if found.get(name) == 0:
             error(f"delivery.{name}", "must be more than 0")
+    return found
+
+
+def queue_options(table: Table, error: Error) -> dict[str, float]:
+    """Keyword arguments for `QueueTiming` from the [queue] table: durations above 0."""
+    found: dict[str, float] = {}
+    for name in QUEUE_KEYS:
+        if name not in table:
+            continue
+        try:
+            found[name] = parse_duration(table[name])
+        except ValueError as exc:
+            error(f"queue.{name}", str(exc))
+            continue
+        if found[name] == 0:
+            error(f"queue.{name}", "must be more than 0")
     return found
 
 
