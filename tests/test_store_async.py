@@ -1,68 +1,89 @@
-"""AsyncStore: group commit for enqueue, and one worker thread for every call."""
+"""SqliteStore's group commit: concurrent enqueues share one transaction (one
+fsync), and so do concurrent completes; each caller gets its own result, a
+failed commit reaches every caller waiting for it, one bad caller fails
+alone, and aclose commits what waits. Every call runs on one worker thread.
+
+`Recorder` wraps SqliteDb's writes (what one transaction does) to see the
+batches, hold a commit open (`gate`) or make it fail (`failures`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gatepost.store import ROUTER, AsyncStore, Delivered, NewMessage, NewRecipient, SqliteStore
+from gatepost.store import (
+    ROUTER,
+    Bounced,
+    Deferred,
+    Delivered,
+    Job,
+    NewMessage,
+    NewRecipient,
+    SqliteDb,
+    SqliteStore,
+)
+
+LEASE = 60.0
 
 
-class RecordingStore:
-    """Wraps a real store; records enqueue batch sizes and the calling threads.
-    `gate`, when given, holds every enqueue until it is set; `failures` makes
-    that many enqueue calls raise before touching the store."""
+class Recorder:
+    """Patches SqliteDb: records each enqueue and complete batch (its size) and
+    the thread of every call; `gate`, when set up, holds each write until it
+    is set; `failures[write]` makes that many of those writes raise first."""
 
-    def __init__(self, inner: SqliteStore, gate: threading.Event | None = None) -> None:
-        self.inner = inner
-        self.gate = gate
-        self.started = threading.Event()
-        self.batches: list[int] = []
+    WRITES = ("enqueue", "complete")
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.batches: dict[str, list[int]] = {write: [] for write in self.WRITES}
+        self.failures: dict[str, int] = {write: 0 for write in self.WRITES}
         self.threads: set[int] = set()
-        self.failures = 0
-        self.closed = False
+        self.gate: threading.Event | None = None
+        self.started = threading.Event()
+        self.fsyncs = 0  # transactions committed with synchronous=FULL
+        for name in [n for n in vars(SqliteDb) if not n.startswith("__")]:
+            if callable(getattr(SqliteDb, name)) and not isinstance(
+                vars(SqliteDb)[name], staticmethod
+            ):
+                monkeypatch.setattr(SqliteDb, name, self._wrap(name, getattr(SqliteDb, name)))
+        monkeypatch.setattr(SqliteDb, "__init__", self._wrap("__init__", SqliteDb.__init__))
 
-    def enqueue(self, messages: Sequence[NewMessage], now: float) -> list[str]:
-        self.threads.add(threading.get_ident())
-        self.batches.append(len(messages))
+    def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def call(db: SqliteDb, *args: Any, **kwargs: Any) -> Any:
+            self.threads.add(threading.get_ident())
+            if name in self.WRITES:
+                return self._write(name, method, db, *args, **kwargs)
+            return method(db, *args, **kwargs)
+
+        return call
+
+    def _write(self, name: str, method: Callable[..., Any], db: SqliteDb, *args: Any) -> Any:
+        items = args[0]  # enqueue(messages, now); complete(outcomes, now, new, warnings)
+        self.batches[name].append(len(items))
         self.started.set()
         if self.gate is not None:
             assert self.gate.wait(10)
-        if self.failures:
-            self.failures -= 1
+        if self.failures[name]:
+            self.failures[name] -= 1
             raise OSError("disk full")
-        return self.inner.enqueue(messages, now)
-
-    def close(self) -> None:
-        self.closed = True
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:
-        self.threads.add(threading.get_ident())
-        return getattr(self.inner, name)
+        seen: list[str] = []
+        db._conn.set_trace_callback(seen.append)
+        try:
+            return method(db, *args)
+        finally:
+            db._conn.set_trace_callback(None)
+            self.fsyncs += seen.count("PRAGMA synchronous = FULL")
 
 
-class Harness:
-    def __init__(self, tmp_path: Path, gate: threading.Event | None = None) -> None:
-        self.path = tmp_path / "q.db"
-        self.gate = gate
-        self.made: list[RecordingStore] = []
-        self.factory_threads: list[int] = []
-
-    def factory(self) -> Any:
-        self.factory_threads.append(threading.get_ident())
-        self.made.append(RecordingStore(SqliteStore(self.path), self.gate))
-        return self.made[-1]
-
-    @property
-    def store(self) -> RecordingStore:
-        [only] = self.made
-        return only
+@pytest.fixture
+def recorder(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    return Recorder(monkeypatch)
 
 
 def message(content: bytes, mailbox: str | None = None) -> NewMessage:
@@ -70,11 +91,26 @@ def message(content: bytes, mailbox: str | None = None) -> NewMessage:
     return NewMessage("alice@example.com", (rcpt,), content, "HQ", "HQ", "gateway:GW1")
 
 
-def test_concurrent_enqueues_share_one_commit_and_get_their_own_ids(tmp_path: Path) -> None:
-    harness = Harness(tmp_path)
+def bounce(content: bytes) -> NewMessage:
+    rcpt = NewRecipient("alice@example.com", None)
+    return NewMessage("", (rcpt,), content, "HQ", "HQ", "bounce")
 
+
+async def claimed(store: SqliteStore, count: int) -> list[Job]:
+    await asyncio.gather(*(store.enqueue(message(b"%d" % n)) for n in range(count)))
+    jobs = await store.claim(ROUTER, "w", count, LEASE)
+    assert len(jobs) == count
+    return jobs
+
+
+# -- enqueue ---------------------------------------------------------------------------
+
+
+def test_concurrent_enqueues_share_one_commit_and_get_their_own_ids(
+    tmp_path: Path, recorder: Recorder
+) -> None:
     async def main() -> list[str]:
-        store = AsyncStore(harness.factory)
+        store = SqliteStore(tmp_path / "q.db")
         contents = [f"message {n}".encode() for n in range(50)]
         ids = await asyncio.gather(*(store.enqueue(message(c)) for c in contents))
         assert [await store.content(i) for i in ids] == contents
@@ -83,55 +119,52 @@ def test_concurrent_enqueues_share_one_commit_and_get_their_own_ids(tmp_path: Pa
 
     ids = asyncio.run(main())
     assert len(set(ids)) == 50
-    assert sum(harness.store.batches) == 50
-    assert len(harness.store.batches) <= 3
+    assert sum(recorder.batches["enqueue"]) == 50
+    assert len(recorder.batches["enqueue"]) <= 3
+    assert recorder.fsyncs == len(recorder.batches["enqueue"])  # one fsync per batch
 
 
-def test_arrivals_during_a_commit_form_the_next_batch(tmp_path: Path) -> None:
-    gate = threading.Event()
-    harness = Harness(tmp_path, gate)
+def test_arrivals_during_a_commit_form_the_next_batch(tmp_path: Path, recorder: Recorder) -> None:
+    recorder.gate = threading.Event()
 
     async def main() -> None:
-        store = AsyncStore(harness.factory)
+        store = SqliteStore(tmp_path / "q.db")
         first = asyncio.create_task(store.enqueue(message(b"first")))
-        while not harness.made or not harness.made[0].started.is_set():
+        while not recorder.started.is_set():
             await asyncio.sleep(0.001)
         later = [asyncio.create_task(store.enqueue(message(b"%d" % n))) for n in range(20)]
         await asyncio.sleep(0.01)
         assert not first.done()  # the 250 waits for the commit
-        gate.set()
+        assert recorder.gate is not None
+        recorder.gate.set()
         await asyncio.gather(first, *later)
         await store.aclose()
 
     asyncio.run(main())
-    assert harness.store.batches == [1, 20]
+    assert recorder.batches["enqueue"] == [1, 20]
 
 
-def test_max_batch_caps_one_commit(tmp_path: Path) -> None:
-    harness = Harness(tmp_path)
-
+def test_max_batch_caps_one_commit(tmp_path: Path, recorder: Recorder) -> None:
     async def main() -> None:
-        store = AsyncStore(harness.factory, max_batch=8)
+        store = SqliteStore(tmp_path / "q.db", max_batch=8)
         await asyncio.gather(*(store.enqueue(message(b"x")) for _ in range(20)))
         await store.aclose()
 
     asyncio.run(main())
-    assert harness.store.batches == [8, 8, 4]
+    assert recorder.batches["enqueue"] == [8, 8, 4]
 
 
-def test_a_failed_commit_raises_in_every_waiting_caller(tmp_path: Path) -> None:
-    harness = Harness(tmp_path)
-
+def test_a_failed_enqueue_commit_raises_in_every_waiting_caller(
+    tmp_path: Path, recorder: Recorder
+) -> None:
     async def main() -> tuple[list[object], str]:
-        store = AsyncStore(harness.factory)
-        await store.counts()  # create the store so its failure can be armed
-        harness.store.failures = 11  # the batch, then each message alone
+        store = SqliteStore(tmp_path / "q.db")
+        recorder.failures["enqueue"] = 11  # the batch, then each message alone
         results = await asyncio.gather(
             *(store.enqueue(message(b"lost")) for _ in range(10)), return_exceptions=True
         )
         after = await store.enqueue(message(b"kept"))
-        counts = await store.counts()
-        assert counts["incoming"] == 1
+        assert (await store.counts())["incoming"] == 1
         await store.aclose()
         return results, after
 
@@ -141,13 +174,12 @@ def test_a_failed_commit_raises_in_every_waiting_caller(tmp_path: Path) -> None:
     assert isinstance(after, str)
 
 
-def test_a_batch_that_fails_once_is_committed_one_by_one(tmp_path: Path) -> None:
-    harness = Harness(tmp_path)
-
+def test_an_enqueue_batch_that_fails_once_is_committed_one_by_one(
+    tmp_path: Path, recorder: Recorder
+) -> None:
     async def main() -> list[object]:
-        store = AsyncStore(harness.factory)
-        await store.counts()
-        harness.store.failures = 1  # only the batch's commit fails
+        store = SqliteStore(tmp_path / "q.db")
+        recorder.failures["enqueue"] = 1  # only the batch's commit fails
         results = await asyncio.gather(
             *(store.enqueue(message(b"kept")) for _ in range(10)), return_exceptions=True
         )
@@ -157,14 +189,12 @@ def test_a_batch_that_fails_once_is_committed_one_by_one(tmp_path: Path) -> None
 
     results = asyncio.run(main())
     assert all(isinstance(r, str) for r in results)
-    assert harness.store.batches[0] == 10 and set(harness.store.batches[1:]) == {1}
+    assert recorder.batches["enqueue"][0] == 10 and set(recorder.batches["enqueue"][1:]) == {1}
 
 
-def test_recipientless_message_fails_alone(tmp_path: Path) -> None:
-    harness = Harness(tmp_path)
-
+def test_a_recipientless_message_fails_alone(tmp_path: Path, recorder: Recorder) -> None:
     async def main() -> list[object]:
-        store = AsyncStore(harness.factory)
+        store = SqliteStore(tmp_path / "q.db")
         bad = NewMessage("a@b", (), b"x", "HQ", "HQ", "cli")
         results = await asyncio.gather(
             store.enqueue(message(b"ok")), store.enqueue(bad), return_exceptions=True
@@ -176,16 +206,126 @@ def test_recipientless_message_fails_alone(tmp_path: Path) -> None:
     assert isinstance(good, str) and isinstance(bad, ValueError)
 
 
-def test_every_store_call_runs_on_one_worker_thread(tmp_path: Path) -> None:
-    harness = Harness(tmp_path)
+# -- complete ----------------------------------------------------------------------------
+
+
+def test_concurrent_completes_share_one_transaction_and_get_their_own_ids(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    async def main() -> None:
+        store = SqliteStore(tmp_path / "q.db")
+        jobs = await claimed(store, 30)
+        returned = await asyncio.gather(
+            *(store.complete([Bounced(job, "550 no")], [bounce(b"dsn %d" % n)])
+              for n, job in enumerate(jobs))
+        )  # fmt: skip
+        assert [len(ids) for ids in returned] == [1] * 30
+        contents = [await store.content(ids[0]) for ids in returned]
+        assert contents == [b"dsn %d" % n for n in range(30)]  # each caller's own bounce
+        assert (await store.counts())["bounced"] == 30
+        await store.aclose()
+
+    asyncio.run(main())
+    assert sum(recorder.batches["complete"]) == 30
+    assert len(recorder.batches["complete"]) <= 3
+
+
+def test_completes_arriving_during_a_commit_form_the_next_batch(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    async def main() -> None:
+        store = SqliteStore(tmp_path / "q.db")
+        first, *rest = await claimed(store, 11)
+        recorder.gate, recorder.started = threading.Event(), threading.Event()
+        task = asyncio.create_task(store.complete([Delivered(first)]))
+        while not recorder.started.is_set():
+            await asyncio.sleep(0.001)
+        later = [asyncio.create_task(store.complete([Delivered(job)])) for job in rest]
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        recorder.gate.set()
+        await asyncio.gather(task, *later)
+        assert (await store.counts())["delivered"] == 11
+        await store.aclose()
+
+    asyncio.run(main())
+    assert recorder.batches["complete"] == [1, 10]
+
+
+def test_a_failed_complete_commit_raises_in_every_waiting_caller(
+    tmp_path: Path, recorder: Recorder
+) -> None:
+    async def main() -> list[object]:
+        store = SqliteStore(tmp_path / "q.db")
+        jobs = await claimed(store, 5)
+        recorder.failures["complete"] = 6  # the batch, then each caller alone
+        results = await asyncio.gather(
+            *(store.complete([Delivered(job)]) for job in jobs), return_exceptions=True
+        )
+        assert (await store.counts())["active"] == 5  # nothing was applied
+        await store.aclose()
+        return results
+
+    results = asyncio.run(main())
+    assert len(results) == 5 and all(isinstance(r, OSError) for r in results)
+
+
+def test_a_bad_complete_fails_alone(tmp_path: Path, recorder: Recorder) -> None:
+    async def main() -> list[object]:
+        store = SqliteStore(tmp_path / "q.db")
+        good, bad = await claimed(store, 2)
+        broken = NewMessage("", (), b"x", "HQ", "HQ", "bounce")
+        results = await asyncio.gather(
+            store.complete([Bounced(good, "550 no")], [bounce(b"dsn")]),
+            store.complete([Bounced(bad, "550 no")], [broken]),
+            return_exceptions=True,
+        )
+        assert (await store.counts())["bounced"] == 1  # the bad caller's outcome is not applied
+        [entry] = await store.queue(states=["active"])
+        assert entry.message_id == bad.message_id
+        await store.aclose()
+        return results
+
+    good, bad = asyncio.run(main())
+    assert isinstance(good, list) and len(good) == 1
+    assert isinstance(bad, ValueError)
+
+
+@pytest.mark.parametrize("stale_first", [True, False])
+def test_stale_and_fresh_outcomes_in_one_batch(
+    tmp_path: Path, recorder: Recorder, stale_first: bool
+) -> None:
+    """A lost attempt's deferral and the new attempt's, committed together: only
+    the new attempt's counts, whatever their order in the batch."""
 
     async def main() -> None:
-        store = AsyncStore(harness.factory)
+        store = SqliteStore(tmp_path / "q.db")
+        [job] = await claimed(store, 1)
+        stale = dataclasses.replace(job, token="an attempt that lost its lease")
+        both = [Deferred(stale, 1.0, "451 stale"), Deferred(job, 2.0, "452 fresh")]
+        if not stale_first:
+            both.reverse()
+        await asyncio.gather(*(store.complete([outcome]) for outcome in both))
+        [entry] = await store.queue()
+        assert (entry.state, entry.attempts, entry.last_reply) == ("deferred", 1, "452 fresh")
+        await store.aclose()
+
+    asyncio.run(main())
+    assert recorder.batches["complete"] == [2]  # one transaction for both
+
+
+# -- the worker thread and closing ---------------------------------------------------------
+
+
+def test_every_store_call_runs_on_one_worker_thread(tmp_path: Path, recorder: Recorder) -> None:
+    async def main() -> None:
+        store = SqliteStore(tmp_path / "q.db")
         message_id = await store.enqueue(message(b"hi", mailbox="HQ/carol"))
-        [job] = await store.claim(ROUTER, "router", 10, 60.0, now=1e12)
+        [job] = await store.claim(ROUTER, "router", 10, LEASE)
         assert job.message_id == message_id
-        assert await store.pending(ROUTER, now=1e12) == 1
-        await store.complete([Delivered(job)], now=1e12)
+        assert await store.pending(ROUTER) == 1
+        assert (await store.renew([job], LEASE)).lost([job]) == []
+        await store.complete([Delivered(job)])
         [entry] = await store.mailbox("HQ/carol")
         assert await store.mailbox_content("HQ/carol", entry.entry_id) == b"hi"
         assert [h.event for h in await store.hops(message_id)] == ["received", "delivered"]
@@ -193,26 +333,36 @@ def test_every_store_call_runs_on_one_worker_thread(tmp_path: Path) -> None:
         await store.aclose()
 
     asyncio.run(main())
-    threads = harness.store.threads | set(harness.factory_threads)
-    assert len(threads) == 1
-    assert threads != {threading.get_ident()}
+    assert len(recorder.threads) == 1
+    assert recorder.threads != {threading.get_ident()}
 
 
-def test_aclose_commits_waiting_mail_then_closes(tmp_path: Path) -> None:
-    harness = Harness(tmp_path)
+def test_aclose_commits_waiting_writes_then_closes(tmp_path: Path, recorder: Recorder) -> None:
+    path = tmp_path / "q.db"
 
-    async def main() -> AsyncStore:
-        store = AsyncStore(harness.factory)
-        pending = [asyncio.create_task(store.enqueue(message(b"late"))) for _ in range(5)]
+    async def main() -> SqliteStore:
+        store = SqliteStore(path)
+        jobs = await claimed(store, 3)
+        enqueues = [asyncio.create_task(store.enqueue(message(b"late"))) for _ in range(5)]
+        completes = [asyncio.create_task(store.complete([Delivered(job)])) for job in jobs]
         await asyncio.sleep(0)
         await store.aclose()
-        assert all(isinstance(t.result(), str) for t in pending)
+        assert all(isinstance(t.result(), str) for t in enqueues)
+        assert all(t.result() == [] for t in completes)
+        with pytest.raises(RuntimeError):
+            await store.counts()
+        with pytest.raises(RuntimeError):
+            await store.enqueue(message(b"too late"))
         return store
 
-    store = asyncio.run(main())
-    assert harness.store.closed
-    check = SqliteStore(harness.path)
-    assert check.counts()["incoming"] == 5
-    check.close()
-    with pytest.raises(RuntimeError):
-        asyncio.run(store.counts())
+    asyncio.run(main())
+
+    async def check() -> dict[str, int]:
+        again = SqliteStore(path)
+        try:
+            return await again.counts()
+        finally:
+            await again.aclose()
+
+    counts = asyncio.run(check())
+    assert (counts["incoming"], counts["delivered"]) == (5, 3)

@@ -1,19 +1,26 @@
-"""Store contract: the behaviour every Store implementation must show.
+"""Layer 3, the store contract: the behaviour every Store backend must show.
 
-Each backend in BACKENDS provides a way to open a store (again: a second
-instance stands for another process), a URL for `open_store` in child
-processes, and a way to count stored message bodies.
+Every test runs over each backend in BACKENDS, on a ManualClock: the store's
+wall clock (what people read, retry times, purging) and its lease clock
+(leases, heartbeats) are stepped by hand and apart, so nothing sleeps.
+`Backend.open` opens the store again: for SQLite a second instance on the same
+file, which stands for another process; for memory the same store.
+
+The tests are coroutines run by `contract` (one event loop per test, every
+store opened inside it and closed at its end), so no asyncio plugin is needed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import multiprocessing
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,6 +33,7 @@ from gatepost.store import (
     Moved,
     NewMessage,
     NewRecipient,
+    SqliteDb,
     SqliteStore,
     Store,
     open_store,
@@ -33,29 +41,80 @@ from gatepost.store import (
     send_queue,
 )
 from gatepost.store import connect as connect_module
+from gatepost.store.base import Cancelled, Changes, Held, key_of
+from gatepost.store.clock import ManualClock
+from gatepost.store.memory import MemoryStore
 
 SEND = send_queue("GW1")
 LEASE = 60.0
+TEST_TIMEOUT = 60.0  # seconds one contract test may take before it counts as hung
+
+# Hop events of admin actions, and their details.
+ADMIN_EVENTS = {
+    "hold requested", "hold", "hold dropped", "release",
+    "delete requested", "delete", "delete dropped",
+    "requeue requested", "requeue", "requeue dropped",
+}  # fmt: skip
+NOW = "admin"
+WAITS = "admin: waits for the attempt in progress"
+AFTER = "admin, after the attempt"
+CANCELLED = "admin: attempt cancelled before its final dot"
+DROPPED = "admin: the attempt ended it (delivered)"
 
 
 @dataclass
 class Backend:
-    url: str
-    open: Callable[[], Store]
-    message_rows: Callable[[], int]  # stored message bodies
+    name: str
+    clock: ManualClock
+    make: Callable[[ManualClock], Store]  # a store instance over the same data
+    message_rows: Callable[[Store], int]  # stored message bodies
+    url: str = ""  # for open_store in child processes ("" where there are none)
+    opened: list[Store] = field(default_factory=list)
+
+    def open(self) -> Store:
+        """The store again (another process, where the backend has them)."""
+        store = self.make(self.clock)
+        if all(store is not seen for seen in self.opened):
+            self.opened.append(store)
+        return store
+
+    async def run(self, test: Callable[..., Awaitable[None]], params: dict[str, Any]) -> None:
+        try:
+            store = self.open()
+            await asyncio.wait_for(test(store, self, **params), TEST_TIMEOUT)
+        finally:
+            while self.opened:
+                await self.opened.pop().aclose()
 
 
 def sqlite_backend(tmp_path: Path) -> Backend:
     path = tmp_path / "var" / "queue.db"  # the directory does not exist yet
 
-    def message_rows() -> int:
+    def message_rows(_: Store) -> int:
         with closing(sqlite3.connect(path)) as conn:
             return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
 
-    return Backend(f"sqlite:{path}", lambda: SqliteStore(path), message_rows)
+    def make(clock: ManualClock) -> Store:
+        return SqliteStore(path, clock=clock.clock())
+
+    return Backend("sqlite", ManualClock(), make, message_rows, url=f"sqlite:{path}")
 
 
-BACKENDS = [sqlite_backend]
+def memory_backend(tmp_path: Path) -> Backend:
+    stores: list[MemoryStore] = []
+
+    def make(clock: ManualClock) -> Store:
+        if not stores:
+            stores.append(MemoryStore(clock.clock(), tmp_path / "spool"))
+        return stores[0]
+
+    def message_rows(store: Store) -> int:
+        return len(store._messages)  # type: ignore[attr-defined]
+
+    return Backend("memory", ManualClock(), make, message_rows)
+
+
+BACKENDS = [memory_backend, sqlite_backend]
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda make: make.__name__.removesuffix("_backend"))
@@ -64,11 +123,24 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return make(tmp_path)
 
 
-@pytest.fixture
-def store(backend: Backend) -> Iterator[Store]:
-    opened = backend.open()
-    yield opened
-    opened.close()
+def contract(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """Run `async def test(store, b, **params)` over every backend."""
+    extra = list(inspect.signature(test).parameters.values())[2:]
+
+    def run(backend: Backend, **params: Any) -> None:
+        asyncio.run(backend.run(test, params))
+
+    run.__name__ = run.__qualname__ = test.__name__
+    run.__doc__ = test.__doc__
+    backend_param = inspect.Parameter("backend", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    run.__signature__ = inspect.Signature([backend_param, *extra])  # type: ignore[attr-defined]
+    return run
+
+
+def sqlite_only(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """A contract test that needs several processes or a file that outlives the store."""
+    only = pytest.mark.parametrize("backend", [sqlite_backend], indirect=True, ids=["sqlite"])
+    return only(contract(test))
 
 
 def message(
@@ -77,264 +149,538 @@ def message(
     sender: str = "alice@example.com",
     location: str = "HQ",
     received_by: str = "gateway:GW1",
+    origin: str = "SALES",
 ) -> NewMessage:
     recipients = tuple(NewRecipient(a, m) for a, m in rcpts) or (NewRecipient("bob@ext.org", None),)
-    return NewMessage(sender, recipients, content, location, "SALES", received_by)
+    return NewMessage(sender, recipients, content, location, origin, received_by)
 
 
-def claim_one(store: Store, now: float, queue: str = ROUTER, owner: str = "w1") -> Job:
-    jobs = store.claim(queue, owner, 10, LEASE, now)
+async def enqueue(store: Store, *messages: NewMessage) -> list[str]:
+    return [await store.enqueue(new) for new in messages]
+
+
+async def claim_one(store: Store, queue: str = ROUTER, owner: str = "w1") -> Job:
+    jobs = await store.claim(queue, owner, 10, LEASE)
     assert len(jobs) == 1, jobs
     return jobs[0]
 
 
-def states(store: Store) -> dict[str, int]:
-    return {state: n for state, n in store.counts().items() if n}
+async def states(store: Store) -> dict[str, int]:
+    return {state: n for state, n in (await store.counts()).items() if n}
+
+
+async def admin_trail(store: Store, message_id: str) -> list[tuple[str, str]]:
+    """The admin hops of a message: (event, detail), in order."""
+    return [(h.event, h.detail) for h in await store.hops(message_id) if h.event in ADMIN_EVENTS]
+
+
+def expire(b: Backend, lease: float = LEASE) -> None:
+    b.clock.step(lease=lease + 1)
 
 
 # -- enqueue -----------------------------------------------------------------------
 
 
-def test_enqueued_mail_is_readable_from_another_instance(backend: Backend, store: Store) -> None:
+@contract
+async def test_enqueued_mail_is_readable_from_another_instance(store: Store, b: Backend) -> None:
+    t0 = b.clock.wall_now
     first = message(("bob@ext.org", None), ("HQ/carol", "HQ/carol"), content=b"one")
-    ids = store.enqueue([first, message(content=b"two")], now=100.0)
-    other = backend.open()
-    try:
-        assert [other.content(i) for i in ids] == [b"one", b"two"]
-        entries = other.queue()
-        assert [(e.message_id, e.rcpt_id, e.address) for e in entries] == [
-            (ids[0], 0, "bob@ext.org"),
-            (ids[0], 1, "HQ/carol"),
-            (ids[1], 0, "bob@ext.org"),
-        ]
-        assert {(e.state, e.queue, e.location, e.created, e.attempts) for e in entries} == {
-            ("incoming", ROUTER, "HQ", 100.0, 0)
-        }
-        assert entries[0].sender == "alice@example.com" and entries[0].size == 3
-        hops = other.hops(ids[0])
-        assert [(h.rcpt_id, h.event, h.postoffice, h.detail) for h in hops] == [
-            (0, "received", "HQ", "gateway:GW1"),
-            (1, "received", "HQ", "gateway:GW1"),
-        ]
-    finally:
-        other.close()
+    ids = await enqueue(store, first, message(content=b"two"))
+    other = b.open()
+    assert [await other.content(i) for i in ids] == [b"one", b"two"]
+    entries = await other.queue()
+    assert [(e.message_id, e.rcpt_id, e.address) for e in entries] == [
+        (ids[0], 0, "bob@ext.org"),
+        (ids[0], 1, "HQ/carol"),
+        (ids[1], 0, "bob@ext.org"),
+    ]
+    assert {(e.state, e.queue, e.location, e.created, e.attempts) for e in entries} == {
+        ("incoming", ROUTER, "HQ", t0, 0)
+    }
+    assert entries[0].sender == "alice@example.com" and entries[0].size == 3
+    hops = await other.hops(ids[0])
+    assert [(h.rcpt_id, h.event, h.postoffice, h.detail, h.at) for h in hops] == [
+        (0, "received", "HQ", "gateway:GW1", t0),
+        (1, "received", "HQ", "gateway:GW1", t0),
+    ]
 
 
-def test_enqueued_mail_survives_closing_the_store(backend: Backend) -> None:
-    first = backend.open()
-    [message_id] = first.enqueue([message(content=b"kept")], now=1.0)
-    first.close()
-    again = backend.open()
-    try:
-        assert again.content(message_id) == b"kept"
-        assert states(again) == {"incoming": 1}
-    finally:
-        again.close()
+@sqlite_only
+async def test_enqueued_mail_survives_closing_the_store(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message(content=b"kept"))
+    await b.opened.pop().aclose()
+    again = b.open()
+    assert await again.content(message_id) == b"kept"
+    assert await states(again) == {"incoming": 1}
 
 
-def test_queue_ids_are_unique_and_sort_in_enqueue_order(store: Store) -> None:
-    ids: list[str] = []
-    for batch in range(20):
-        ids += store.enqueue([message() for _ in range(10)], now=float(batch))
-    assert len(set(ids)) == 200
-    assert sorted(ids) == ids
+@contract
+async def test_queue_ids_are_unique_and_sort_in_enqueue_order(store: Store, b: Backend) -> None:
+    one_by_one = await enqueue(store, *(message() for _ in range(100)))
+    assert sorted(one_by_one) == one_by_one
+    together = await asyncio.gather(*(store.enqueue(message()) for _ in range(100)))
+    assert len(set(one_by_one + together)) == 200
+    assert min(together) > one_by_one[-1]
+    assert await states(store) == {"incoming": 200}
 
 
-def test_empty_batch_and_recipientless_message(store: Store) -> None:
-    assert store.enqueue([], now=1.0) == []
+@contract
+async def test_a_recipientless_message_is_refused_alone(store: Store, b: Backend) -> None:
+    broken = NewMessage("a@b", (), b"x", "HQ", "HQ", "cli")
     with pytest.raises(ValueError):
-        store.enqueue([message(), NewMessage("a@b", (), b"x", "HQ", "HQ", "cli")], now=1.0)
-    assert states(store) == {}  # the whole batch rolled back
+        await store.enqueue(broken)
+    good, bad = await asyncio.gather(
+        store.enqueue(message()), store.enqueue(broken), return_exceptions=True
+    )
+    assert isinstance(good, str) and isinstance(bad, ValueError)
+    assert [e.message_id for e in await store.queue()] == [good]
 
 
-def test_unknown_content_raises_key_error(store: Store) -> None:
+@contract
+async def test_unknown_content_raises_key_error(store: Store, b: Backend) -> None:
     with pytest.raises(KeyError):
-        store.content("NOSUCHID")
+        await store.content("NOSUCHID")
 
 
 # -- claim ---------------------------------------------------------------------------
 
 
-def test_claim_returns_the_job_with_its_message_fields(store: Store) -> None:
-    [message_id] = store.enqueue([message(("HQ/carol", "HQ/carol"), content=b"12345")], now=5.0)
-    job = claim_one(store, now=6.0, owner="router-1")
+@contract
+async def test_claim_returns_the_job_with_its_message_fields(store: Store, b: Backend) -> None:
+    t0 = b.clock.wall_now
+    message_id = await store.enqueue(message(("HQ/carol", "HQ/carol"), content=b"12345"))
+    b.clock.step(wall=1.0)
+    job = await claim_one(store, owner="router-1")
+    assert job.token
     assert job == Job(
         message_id, 0, "alice@example.com", "HQ/carol", "HQ/carol", "HQ", "SALES", ROUTER,
-        attempts=0, created=5.0, first_attempt=None, size=5, owner="router-1",
+        attempts=0, created=t0, first_attempt=None, size=5, owner="router-1", token=job.token,
     )  # fmt: skip
-    assert [e.state for e in store.queue()] == ["active"]
+    assert [e.state for e in await store.queue()] == ["active"]
 
 
-def test_two_owners_never_get_the_same_job(store: Store) -> None:
-    store.enqueue([message() for _ in range(3)], now=1.0)
-    first = store.claim(ROUTER, "a", 2, LEASE, now=2.0)
-    second = store.claim(ROUTER, "b", 5, LEASE, now=2.0)
-    third = store.claim(ROUTER, "c", 5, LEASE, now=2.0)
+@contract
+async def test_each_claim_gives_its_jobs_one_new_token(store: Store, b: Backend) -> None:
+    await enqueue(store, *(message() for _ in range(3)))
+    first = await store.claim(ROUTER, "w1", 2, LEASE)
+    second = await store.claim(ROUTER, "w1", 2, LEASE)  # same owner, another attempt
+    assert (len(first), len(second)) == (2, 1)
+    assert first[0].token == first[1].token != second[0].token
+    expire(b)
+    again = await store.claim(ROUTER, "w1", 10, LEASE)
+    assert len(again) == 3 and len({job.token for job in again}) == 1
+    assert again[0].token not in {first[0].token, second[0].token}
+
+
+@contract
+async def test_two_owners_never_get_the_same_job(store: Store, b: Backend) -> None:
+    await enqueue(store, *(message() for _ in range(3)))
+    first = await store.claim(ROUTER, "a", 2, LEASE)
+    second = await store.claim(ROUTER, "b", 5, LEASE)
+    third = await store.claim(ROUTER, "c", 5, LEASE)
     assert (len(first), len(second), third) == (2, 1, [])
     assert {j.message_id for j in first}.isdisjoint(j.message_id for j in second)
 
 
-def test_expired_lease_is_claimable_again(store: Store) -> None:
-    store.enqueue([message()], now=1.0)
-    job = store.claim(ROUTER, "dead", 1, 10.0, now=100.0)[0]
-    assert store.claim(ROUTER, "b", 1, 10.0, now=109.0) == []
-    again = claim_one(store, now=110.5, owner="b")
+@contract
+async def test_concurrent_claimers_never_get_the_same_recipient(store: Store, b: Backend) -> None:
+    await asyncio.gather(*(store.enqueue(message(("a@x", None), ("b@x", None))) for _ in range(20)))
+    other = b.open()  # another process, for SQLite
+    got: list[Job] = []
+    for _ in range(3):
+        mine, theirs = await asyncio.gather(
+            store.claim(ROUTER, "a", 15, LEASE), other.claim(ROUTER, "b", 15, LEASE)
+        )
+        got += mine + theirs
+        assert not mine or not theirs or mine[0].token != theirs[0].token
+    keys = [key_of(job) for job in got]
+    assert len(keys) == len(set(keys)) == 40
+
+
+@contract
+async def test_expired_lease_is_claimable_again(store: Store, b: Backend) -> None:
+    await store.enqueue(message())
+    [job] = await store.claim(ROUTER, "dead", 1, 10.0)
+    b.clock.step(lease=9.0)
+    assert await store.claim(ROUTER, "b", 1, 10.0) == []
+    b.clock.step(lease=1.5)
+    again = await claim_one(store, owner="b")
     assert (again.message_id, again.owner) == (job.message_id, "b")
+    assert again.token != job.token
 
 
-def test_claim_takes_only_its_queue(store: Store) -> None:
-    store.enqueue([message()], now=1.0)
-    job = claim_one(store, now=2.0)
-    store.complete([Moved(job, "GWPO", SEND)], now=3.0)
-    assert store.claim(ROUTER, "r", 10, LEASE, now=4.0) == []
-    moved = claim_one(store, now=4.0, queue=SEND)
+@contract
+async def test_claim_takes_only_its_queue(store: Store, b: Backend) -> None:
+    await store.enqueue(message())
+    job = await claim_one(store)
+    await store.complete([Moved(job, "GWPO", SEND)])
+    assert await store.claim(ROUTER, "r", 10, LEASE) == []
+    moved = await claim_one(store, queue=SEND)
     assert (moved.location, moved.queue) == ("GWPO", SEND)
 
 
-def test_claim_returns_oldest_first(store: Store) -> None:
-    newer = store.enqueue([message()], now=50.0)
-    older = store.enqueue([message(), message()], now=10.0)
-    jobs = store.claim(ROUTER, "w", 10, LEASE, now=60.0)
-    assert [j.message_id for j in jobs] == older + newer
+@contract
+async def test_claim_returns_oldest_first(store: Store, b: Backend) -> None:
+    newer = await store.enqueue(message())
+    b.clock.step(wall=-40.0)  # the wall clock is set back: the next two are older
+    older = await enqueue(store, message(), message())
+    jobs = await store.claim(ROUTER, "w", 10, LEASE)
+    assert [j.message_id for j in jobs] == [*older, newer]
 
 
-def test_held_mail_is_never_claimed_until_released(store: Store) -> None:
-    [message_id] = store.enqueue([message()], now=1.0)
-    assert store.set_state([message_id], "hold", now=2.0) == 1
-    assert store.claim(ROUTER, "w", 10, LEASE, now=3.0) == []
-    assert store.claim(ROUTER, "w", 10, LEASE, now=1e9) == []
-    assert store.set_state([message_id], "release", now=4.0) == 1
-    assert claim_one(store, now=5.0).message_id == message_id
+@contract
+async def test_held_mail_is_never_claimed_until_released(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message())
+    assert await store.set_state([message_id], "hold") == Changes(now=1)
+    assert await store.claim(ROUTER, "w", 10, LEASE) == []
+    b.clock.step(wall=1e9, lease=1e9)
+    assert await store.claim(ROUTER, "w", 10, LEASE) == []
+    assert await store.set_state([message_id], "release") == Changes(now=1)
+    assert (await claim_one(store)).message_id == message_id
+    assert await admin_trail(store, message_id) == [("hold", NOW), ("release", NOW)]
 
 
 # -- outcomes --------------------------------------------------------------------------
 
 
-def test_move_changes_location_and_queue_without_copying_content(
-    backend: Backend, store: Store
+@contract
+async def test_move_changes_location_and_queue_without_copying_content(
+    store: Store, b: Backend
 ) -> None:
-    [message_id] = store.enqueue([message(("x@ext", None), ("y@ext", None), content=b"C")], 1.0)
-    jobs = store.claim(ROUTER, "r", 10, LEASE, now=2.0)
-    store.complete([Moved(job, "GWPO", SEND) for job in jobs], now=3.0)
-    entries = store.queue()
+    message_id = await store.enqueue(message(("x@ext", None), ("y@ext", None), content=b"C"))
+    jobs = await store.claim(ROUTER, "r", 10, LEASE)
+    b.clock.step(wall=3.0)
+    await store.complete([Moved(job, "GWPO", SEND) for job in jobs])
+    entries = await store.queue()
     assert {(e.state, e.location, e.queue) for e in entries} == {("incoming", "GWPO", SEND)}
-    assert backend.message_rows() == 1
-    assert store.content(message_id) == b"C"
-    moves = [(h.rcpt_id, h.postoffice, h.at) for h in store.hops(message_id) if h.event == "moved"]
-    assert moves == [(0, "GWPO", 3.0), (1, "GWPO", 3.0)]
+    assert b.message_rows(store) == 1
+    assert await store.content(message_id) == b"C"
+    moves = [(h.rcpt_id, h.postoffice, h.at) for h in await store.hops(message_id)
+             if h.event == "moved"]  # fmt: skip
+    assert moves == [(0, "GWPO", b.clock.wall_now), (1, "GWPO", b.clock.wall_now)]
 
 
-def test_delivery_to_a_mailbox(store: Store) -> None:
-    [message_id] = store.enqueue([message(("HQ/carol", "HQ/carol"), content=b"hello")], now=1.0)
-    job = claim_one(store, now=2.0)
-    store.complete([Delivered(job)], now=3.0)
-    [entry] = store.mailbox("HQ/carol")
+@contract
+async def test_delivery_to_a_mailbox(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message(("HQ/carol", "HQ/carol"), content=b"hello"))
+    job = await claim_one(store)
+    b.clock.step(wall=3.0)
+    await store.complete([Delivered(job)])
+    [entry] = await store.mailbox("HQ/carol")
     assert (entry.message_id, entry.sender, entry.delivered, entry.size) == (
-        message_id, "alice@example.com", 3.0, 5,
+        message_id, "alice@example.com", b.clock.wall_now, 5,
     )  # fmt: skip
-    assert store.mailbox_content("HQ/carol", entry.entry_id) == b"hello"
-    assert store.mailbox_content("HQ/dave", entry.entry_id) is None
-    assert store.queue() == [] and states(store) == {"delivered": 1}
-    assert store.hops(message_id)[-1].event == "delivered"
-    assert store.claim(ROUTER, "w", 10, LEASE, now=1e9) == []
+    assert await store.mailbox_content("HQ/carol", entry.entry_id) == b"hello"
+    assert await store.mailbox_content("HQ/dave", entry.entry_id) is None
+    assert await store.queue() == [] and await states(store) == {"delivered": 1}
+    assert (await store.hops(message_id))[-1].event == "delivered"
+    b.clock.step(wall=1e9, lease=1e9)
+    assert await store.claim(ROUTER, "w", 10, LEASE) == []
 
 
-def test_delivery_to_a_smart_host_finalises_without_a_mailbox(store: Store) -> None:
-    [message_id] = store.enqueue([message(("bob@ext.org", None))], now=1.0)
-    job = claim_one(store, now=2.0)
-    store.complete([Delivered(job, relay="relay.example", reply="250 ok queued")], now=3.0)
-    [entry] = store.queue(states=["delivered"])
+@contract
+async def test_delivery_to_a_smart_host_finalises_without_a_mailbox(
+    store: Store, b: Backend
+) -> None:
+    message_id = await store.enqueue(message(("bob@ext.org", None)))
+    job = await claim_one(store)
+    await store.complete([Delivered(job, relay="relay.example", reply="250 ok queued")])
+    [entry] = await store.queue(states=["delivered"])
     assert (entry.attempts, entry.last_reply) == (1, "250 ok queued")
-    assert store.mailbox("bob@ext.org") == [] and store.queue() == []
-    last = store.hops(message_id)[-1]
+    assert await store.mailbox("bob@ext.org") == [] and await store.queue() == []
+    last = (await store.hops(message_id))[-1]
     assert (last.event, last.detail) == ("delivered", "relay=relay.example 250 ok queued")
 
 
-def test_deferred_waits_for_its_retry_time(store: Store) -> None:
-    [message_id] = store.enqueue([message()], now=1.0)
-    job = claim_one(store, now=2.0)
-    store.complete([Deferred(job, retry_at=500.0, reply="451 try later", relay="r1")], now=3.0)
-    [entry] = store.queue()
+@contract
+async def test_deferred_waits_for_its_retry_time(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message())
+    job = await claim_one(store)
+    first_attempt = b.clock.wall_now + 1.0
+    b.clock.step(wall=1.0)
+    retry_at = first_attempt + 497.0
+    await store.complete([Deferred(job, retry_at=retry_at, reply="451 try later", relay="r1")])
+    [entry] = await store.queue()
     assert (entry.state, entry.attempts, entry.next_attempt, entry.last_reply) == (
-        "deferred", 1, 500.0, "451 try later",
+        "deferred", 1, retry_at, "451 try later",
     )  # fmt: skip
-    assert store.claim(ROUTER, "w", 10, LEASE, now=499.9) == []
-    retried = claim_one(store, now=500.0)
-    assert (retried.attempts, retried.first_attempt) == (1, 3.0)
-    store.complete([Deferred(retried, retry_at=900.0, reply="452 full")], now=600.0)
-    [entry] = store.queue()
+    b.clock.step(wall=496.0)
+    assert await store.claim(ROUTER, "w", 10, LEASE) == []
+    b.clock.step(wall=1.0)  # exactly the retry time
+    retried = await claim_one(store)
+    assert (retried.attempts, retried.first_attempt) == (1, first_attempt)
+    await store.complete([Deferred(retried, retry_at=retry_at + 400.0, reply="452 full")])
+    [entry] = await store.queue()
     assert entry.attempts == 2
-    assert claim_one(store, now=901.0).first_attempt == 3.0  # the first attempt is kept
-    assert [h.event for h in store.hops(message_id)].count("deferred") == 2
+    b.clock.step(wall=401.0)
+    assert (await claim_one(store)).first_attempt == first_attempt  # the first one is kept
+    assert [h.event for h in await store.hops(message_id)].count("deferred") == 2
 
 
-def test_bounced_is_final(store: Store) -> None:
-    [message_id] = store.enqueue([message()], now=1.0)
-    job = claim_one(store, now=2.0)
-    store.complete([Bounced(job, reply="550 no such user", relay="r1")], now=3.0)
-    assert store.queue() == [] and states(store) == {"bounced": 1}
-    [entry] = store.queue(states=["bounced"])
+@contract
+async def test_bounced_is_final(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message())
+    job = await claim_one(store)
+    await store.complete([Bounced(job, reply="550 no such user", relay="r1")])
+    assert await store.queue() == [] and await states(store) == {"bounced": 1}
+    [entry] = await store.queue(states=["bounced"])
     assert entry.last_reply == "550 no such user"
-    assert store.claim(ROUTER, "w", 10, LEASE, now=1e9) == []
-    assert store.hops(message_id)[-1].event == "bounced"
+    b.clock.step(wall=1e9, lease=1e9)
+    assert await store.claim(ROUTER, "w", 10, LEASE) == []
+    assert (await store.hops(message_id))[-1].event == "bounced"
 
 
-def test_late_outcome_never_undoes_a_final_state(store: Store) -> None:
-    [message_id] = store.enqueue([message(("HQ/carol", "HQ/carol"))], now=1.0)
-    stale = store.claim(ROUTER, "a", 1, 10.0, now=2.0)[0]
-    fresh = claim_one(store, now=20.0, owner="b")
-    store.complete([Delivered(fresh)], now=21.0)
-    store.complete([Deferred(stale, retry_at=99.0, reply="451")], now=22.0)
-    assert states(store) == {"delivered": 1}
-    assert len(store.mailbox("HQ/carol")) == 1
-    assert [h.event for h in store.hops(message_id)] == ["received", "delivered"]
-
-
-def test_outcomes_on_a_held_job_keep_it_held(store: Store) -> None:
-    [message_id] = store.enqueue([message()], now=1.0)
-    job = claim_one(store, now=2.0)
-    store.set_state([message_id], "hold", now=3.0)
-    store.complete([Deferred(job, retry_at=4.0, reply="451")], now=3.5)
-    assert [e.state for e in store.queue()] == ["hold"]
-    assert store.claim(ROUTER, "w", 10, LEASE, now=10.0) == []
-
-
-def test_complete_enqueues_new_mail_in_the_same_transaction(store: Store) -> None:
-    [message_id] = store.enqueue([message()], now=1.0)
-    job = claim_one(store, now=2.0)
+@contract
+async def test_complete_enqueues_new_mail_in_the_same_transaction(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message())
+    job = await claim_one(store)
     dsn = message(("alice@example.com", None), sender="", received_by="bounce")
     broken = NewMessage("", (), b"x", "HQ", "HQ", "bounce")
     with pytest.raises(ValueError):
-        store.complete([Bounced(job, reply="550 no")], now=3.0, new=[dsn, broken])
-    assert states(store) == {"active": 1}  # nothing of the failed call remains
-    [bounce_id] = store.complete([Bounced(job, reply="550 no")], now=3.0, new=[dsn])
+        await store.complete([Bounced(job, reply="550 no")], new=[dsn, broken])
+    assert await states(store) == {"active": 1}  # nothing of the failed call remains
+    [bounce_id] = await store.complete([Bounced(job, reply="550 no")], new=[dsn])
     assert bounce_id != message_id
-    [entry] = store.queue()
+    [entry] = await store.queue()
     assert (entry.message_id, entry.sender, entry.state) == (bounce_id, "", "incoming")
-    assert states(store) == {"incoming": 1, "bounced": 1}
+    assert await states(store) == {"incoming": 1, "bounced": 1}
+
+
+@contract
+async def test_a_delay_warning_is_enqueued_once_per_message(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message(("a@x.org", None), ("b@x.org", None)))
+    first, second = await store.claim(ROUTER, "w", 10, LEASE)
+    assert not first.warned
+    warning = message(("alice@example.com", None), content=b"Subject: delayed\r\n\r\n")
+    retry_at = b.clock.wall_now + 400.0
+    returned = await asyncio.gather(  # two workers at once
+        *(
+            store.complete([Deferred(job, retry_at, "451 later")], (), [(message_id, warning)])
+            for job in (first, second)
+        )
+    )
+    assert returned == [[], []]  # the ids of `new` only, and there were none
+    [sent] = [e for e in await store.queue() if e.message_id != message_id]
+    assert (sent.address, sent.state) == ("alice@example.com", "incoming")
+    assert await store.content(sent.message_id) == warning.content
+    b.clock.step(wall=500.0)
+    again = [j for j in await store.claim(ROUTER, "w", 10, LEASE) if j.message_id == message_id]
+    assert len(again) == 2 and all(job.warned for job in again)
+    retry_at = b.clock.wall_now + 400.0
+    await store.complete([Deferred(again[0], retry_at, "451")], (), [(message_id, warning)])
+    others = [e.message_id for e in await store.queue() if e.message_id != message_id]
+    assert others == [sent.message_id]  # still the one warning
+
+
+@contract
+async def test_held_sets_the_job_aside_with_the_reason(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message())
+    job = await claim_one(store)
+    await store.complete([Held(job, "content damaged: spool file is short")])
+    assert [e.state for e in await store.queue()] == ["hold"]
+    assert (await store.hops(message_id))[-1].event == "hold"
+    assert await admin_trail(store, message_id) == [
+        ("hold", "content damaged: spool file is short")
+    ]
+    b.clock.step(wall=1e9, lease=1e9)
+    assert await store.claim(ROUTER, "w", 10, LEASE) == []
+
+
+# -- an attempt that lost its lease (rule 2) ----------------------------------------------
+
+
+async def two_attempts(store: Store, b: Backend, *rcpts: tuple[str, str | None]) -> tuple[Job, Job]:
+    """The first attempt's lease runs out and a second attempt claims the job."""
+    await store.enqueue(message(*rcpts))
+    stale = await claim_one(store, owner="a")
+    expire(b)
+    fresh = await claim_one(store, owner="b")
+    assert key_of(fresh) == key_of(stale) and fresh.token != stale.token
+    return stale, fresh
+
+
+@contract
+async def test_renew_extends_only_the_leases_its_token_holds(store: Store, b: Backend) -> None:
+    await store.enqueue(message())
+    job = await claim_one(store, owner="w1")
+    renewal = await store.renew([job], 3 * LEASE)
+    assert renewal.held == {key_of(job)} and renewal.lost([job]) == [] and renewal.pending == {}
+    b.clock.step(lease=2 * LEASE)
+    assert await store.claim(ROUTER, "w2", 10, LEASE) == []  # still held
+    b.clock.step(lease=LEASE + 1)
+    [taken] = await store.claim(ROUTER, "w2", 10, LEASE)
+    assert taken.owner == "w2"
+    assert (await store.renew([job], 10_000.0)).lost([job]) == [job]  # w1 lost it
+
+
+@contract
+async def test_renew_never_shortens_a_lease(store: Store, b: Backend) -> None:
+    await store.enqueue(message())
+    job = await claim_one(store)  # for LEASE seconds
+    assert (await store.renew([job], 1.0)).lost([job]) == []
+    b.clock.step(lease=LEASE - 1)
+    assert await store.claim(ROUTER, "w2", 10, LEASE) == []
+    assert (await store.renew([job], 1.0)).lost([job]) == []
+
+
+@contract
+async def test_a_lost_attempts_renew_does_not_extend_the_new_lease(
+    store: Store, b: Backend
+) -> None:
+    stale, fresh = await two_attempts(store, b)
+    assert (await store.renew([stale], 100 * LEASE)).lost([stale]) == [stale]
+    b.clock.step(lease=LEASE / 2)
+    assert (await store.renew([fresh], LEASE)).lost([fresh]) == []
+    assert (await store.renew([stale], 100 * LEASE)).lost([stale]) == [stale]
+    expire(b)  # past the fresh attempt's own lease: nothing extended it
+    third = await claim_one(store, owner="c")
+    assert third.token not in {stale.token, fresh.token}
+
+
+@contract
+async def test_a_lost_attempts_delivery_still_counts(store: Store, b: Backend) -> None:
+    stale, fresh = await two_attempts(store, b, ("HQ/carol", "HQ/carol"))
+    await store.complete([Delivered(stale)])
+    assert await states(store) == {"delivered": 1}
+    assert len(await store.mailbox("HQ/carol")) == 1
+    assert (await store.renew([fresh], LEASE)).lost([fresh]) == [fresh]
+    await store.complete([Deferred(fresh, retry_at=b.clock.wall_now + 60, reply="451")])
+    await store.complete([Delivered(fresh)])  # a final state is never applied twice
+    assert await states(store) == {"delivered": 1}
+    assert len(await store.mailbox("HQ/carol")) == 1
+    events = [h.event for h in await store.hops(stale.message_id)]
+    assert events == ["received", "delivered"]
+
+
+@contract
+async def test_a_lost_attempts_bounce_still_counts(store: Store, b: Backend) -> None:
+    stale, fresh = await two_attempts(store, b)
+    await store.complete([Bounced(stale, reply="550 no such user")])
+    assert await states(store) == {"bounced": 1}
+    assert (await store.renew([fresh], LEASE)).lost([fresh]) == [fresh]
+    await store.complete([Deferred(fresh, retry_at=b.clock.wall_now + 60, reply="451")])
+    [entry] = await store.queue(states=["bounced"])
+    assert entry.last_reply == "550 no such user"
+
+
+@contract
+async def test_late_outcome_never_undoes_a_final_state(store: Store, b: Backend) -> None:
+    stale, fresh = await two_attempts(store, b, ("HQ/carol", "HQ/carol"))
+    await store.complete([Delivered(fresh)])
+    await store.complete([Deferred(stale, retry_at=b.clock.wall_now + 60, reply="451")])
+    await store.complete([Moved(stale, "GWPO", SEND)])
+    assert await states(store) == {"delivered": 1}
+    assert len(await store.mailbox("HQ/carol")) == 1
+    assert [h.event for h in await store.hops(stale.message_id)] == ["received", "delivered"]
+
+
+@contract
+async def test_a_lost_attempts_deferral_is_dropped(store: Store, b: Backend) -> None:
+    stale, fresh = await two_attempts(store, b)
+    await store.complete([Deferred(stale, retry_at=b.clock.wall_now, reply="451 stale")])
+    assert [e.state for e in await store.queue()] == ["active"]
+    assert await store.claim(ROUTER, "c", 10, LEASE) == []  # the fresh lease is not freed
+    assert (await store.renew([fresh], LEASE)).lost([fresh]) == []
+    await store.complete([Deferred(fresh, retry_at=b.clock.wall_now + 60, reply="452 fresh")])
+    [entry] = await store.queue()
+    assert (entry.state, entry.attempts, entry.last_reply) == ("deferred", 1, "452 fresh")
+    assert [h.event for h in await store.hops(fresh.message_id)].count("deferred") == 1
+
+
+@pytest.mark.parametrize("outcome", [Held, Cancelled], ids=["held", "cancelled"])
+@contract
+async def test_a_lost_attempts_hold_or_cancel_is_dropped(
+    store: Store, b: Backend, outcome: Callable[..., Any]
+) -> None:
+    stale, fresh = await two_attempts(store, b)
+    await store.complete([outcome(stale, "damaged") if outcome is Held else outcome(stale)])
+    assert [e.state for e in await store.queue()] == ["active"]
+    assert await store.claim(ROUTER, "c", 10, LEASE) == []
+    assert (await store.renew([fresh], LEASE)).lost([fresh]) == []
+
+
+@contract
+async def test_a_lost_attempts_move_is_dropped(store: Store, b: Backend) -> None:
+    stale, fresh = await two_attempts(store, b)
+    await store.complete([Moved(stale, "GWPO", SEND)])
+    [entry] = await store.queue()
+    assert (entry.state, entry.location, entry.queue) == ("active", "HQ", ROUTER)
+    assert await store.claim(ROUTER, "c", 10, LEASE) == []
+    assert await store.claim(SEND, "c", 10, LEASE) == []
+    assert (await store.renew([fresh], LEASE)).lost([fresh]) == []
+    await store.complete([Moved(fresh, "HQ", SEND)])
+    [entry] = await store.queue()
+    assert (entry.state, entry.location, entry.queue) == ("incoming", "HQ", SEND)
+    assert [h.event for h in await store.hops(fresh.message_id)].count("moved") == 1
+
+
+# -- the two clocks -----------------------------------------------------------------------
+
+
+@contract
+async def test_a_wall_clock_step_steals_no_lease_and_no_heartbeat(store: Store, b: Backend) -> None:
+    await store.enqueue(message())
+    job = await claim_one(store)
+    await store.heartbeat("gateway:GW1", "p1")
+    for step in (600.0, -1200.0):
+        b.clock.step(wall=step)
+        assert await store.claim(ROUTER, "thief", 10, LEASE) == []
+        assert not await store.due(ROUTER)
+        assert (await store.renew([job], LEASE)).lost([job]) == []
+        assert await store.alive(within=5) == {"gateway:GW1"}
+
+
+@contract
+async def test_a_lease_clock_step_ends_leases_and_heartbeats(store: Store, b: Backend) -> None:
+    await store.enqueue(message())
+    job = await claim_one(store)
+    await store.heartbeat("gateway:GW1", "p1")
+    expire(b)
+    assert await store.due(ROUTER)
+    assert await store.alive(within=5) == set()
+    taken = await claim_one(store, owner="thief")
+    assert (taken.owner, key_of(taken)) == ("thief", key_of(job))
+
+
+@contract
+async def test_retries_follow_the_wall_clock(store: Store, b: Backend) -> None:
+    await store.enqueue(message())
+    job = await claim_one(store)
+    await store.complete([Deferred(job, retry_at=b.clock.wall_now + 60, reply="451")])
+    b.clock.step(lease=1000.0)
+    assert not await store.due(ROUTER)
+    assert await store.claim(ROUTER, "w", 10, LEASE) == []
+    b.clock.step(wall=61.0)
+    assert await store.due(ROUTER)
+    assert (await claim_one(store)).attempts == 1
 
 
 # -- fairness --------------------------------------------------------------------------
 
 
-def defer_all(store: Store, count: int, retry_at: float) -> None:
-    store.enqueue([message() for _ in range(count)], now=1.0)
-    jobs = store.claim(ROUTER, "w", count, LEASE, now=2.0)
-    store.complete([Deferred(j, retry_at=retry_at, reply="451") for j in jobs], now=3.0)
+async def defer_all(store: Store, b: Backend, count: int, retry_in: float) -> None:
+    await enqueue(store, *(message() for _ in range(count)))
+    jobs = await store.claim(ROUTER, "w", count, LEASE)
+    retry_at = b.clock.wall_now + retry_in
+    await store.complete([Deferred(j, retry_at=retry_at, reply="451") for j in jobs])
 
 
-def test_fresh_mail_is_not_starved_by_due_retries(store: Store) -> None:
-    defer_all(store, 30, retry_at=10.0)
-    fresh = set(store.enqueue([message() for _ in range(3)], now=20.0))
-    jobs = store.claim(ROUTER, "w", 10, LEASE, now=30.0)
+@contract
+async def test_fresh_mail_is_not_starved_by_due_retries(store: Store, b: Backend) -> None:
+    await defer_all(store, b, 30, retry_in=10.0)
+    b.clock.step(wall=20.0)
+    fresh = set(await enqueue(store, *(message() for _ in range(3))))
+    jobs = await store.claim(ROUTER, "w", 10, LEASE)
     assert len(jobs) == 10
     assert fresh <= {j.message_id for j in jobs}
 
 
-def test_due_retries_are_not_starved_by_fresh_mail(store: Store) -> None:
-    defer_all(store, 4, retry_at=10.0)
-    store.enqueue([message() for _ in range(30)], now=20.0)
-    jobs = store.claim(ROUTER, "w", 10, LEASE, now=30.0)
+@contract
+async def test_due_retries_are_not_starved_by_fresh_mail(store: Store, b: Backend) -> None:
+    await defer_all(store, b, 4, retry_in=10.0)
+    await enqueue(store, *(message() for _ in range(30)))
+    b.clock.step(wall=20.0)
+    jobs = await store.claim(ROUTER, "w", 10, LEASE)
     assert sum(j.attempts == 1 for j in jobs) == 4
     assert sum(j.attempts == 0 for j in jobs) == 6
 
@@ -342,207 +688,431 @@ def test_due_retries_are_not_starved_by_fresh_mail(store: Store) -> None:
 # -- admin -----------------------------------------------------------------------------
 
 
-def test_flush_makes_deferred_mail_due_now(store: Store) -> None:
-    defer_all(store, 2, retry_at=1e9)
-    ids = [e.message_id for e in store.queue()]
-    assert store.set_state(ids, "flush", now=50.0) == 2
-    assert len(store.claim(ROUTER, "w", 10, LEASE, now=50.0)) == 2
+@contract
+async def test_flush_makes_deferred_mail_due_now(store: Store, b: Backend) -> None:
+    await defer_all(store, b, 2, retry_in=1e9)
+    ids = [e.message_id for e in await store.queue()]
+    assert await store.set_state(ids, "flush") == Changes(now=2)
+    assert len(await store.claim(ROUTER, "w", 10, LEASE)) == 2
 
 
-def test_hold_applies_to_non_final_jobs_only(store: Store) -> None:
-    [message_id] = store.enqueue([message(("a@x", None), ("HQ/b", "HQ/b"))], now=1.0)
-    jobs = store.claim(ROUTER, "w", 10, LEASE, now=2.0)
-    store.complete([Delivered(j) for j in jobs if j.mailbox], now=3.0)
-    assert store.set_state([message_id, message_id], "hold", now=4.0) == 1
-    assert states(store) == {"hold": 1, "delivered": 1}
-    assert store.set_state([message_id], "release", now=5.0) == 1
-    assert store.set_state([message_id], "release", now=5.0) == 0
-    assert [h.event for h in store.hops(message_id)][-2:] == ["hold", "release"]
+@contract
+async def test_hold_applies_to_non_final_jobs_only(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message(("a@x", None), ("HQ/b", "HQ/b")))
+    jobs = await store.claim(ROUTER, "w", 10, LEASE)
+    await store.complete([Delivered(j) for j in jobs if j.mailbox])
+    await store.complete([Deferred(j, b.clock.wall_now + 60, "451") for j in jobs if not j.mailbox])
+    assert await store.set_state([message_id, message_id], "hold") == Changes(now=1)
+    assert await states(store) == {"hold": 1, "delivered": 1}
+    assert await store.set_state([message_id], "release") == Changes(now=1)
+    assert await store.set_state([message_id], "release") == Changes()
+    assert await admin_trail(store, message_id) == [("hold", NOW), ("release", NOW)]
 
 
-def test_delete_removes_the_message_when_nothing_refers_to_it(
-    backend: Backend, store: Store
+@contract
+async def test_delete_removes_the_message_when_nothing_refers_to_it(
+    store: Store, b: Backend
 ) -> None:
-    [gone, kept] = store.enqueue([message(), message()], now=1.0)
-    assert store.set_state([gone], "delete", now=2.0) == 1
-    assert [e.message_id for e in store.queue()] == [kept]
-    assert backend.message_rows() == 1
+    gone, kept = await enqueue(store, message(), message())
+    assert await store.set_state([gone], "delete") == Changes(now=1)
+    assert [e.message_id for e in await store.queue()] == [kept]
+    assert b.message_rows(store) == 1
     with pytest.raises(KeyError):
-        store.content(gone)
+        await store.content(gone)
+    assert await admin_trail(store, gone) == [("delete", NOW)]
 
 
-def test_delete_keeps_content_a_mailbox_still_holds(backend: Backend, store: Store) -> None:
-    [message_id] = store.enqueue([message(("a@x", None), ("HQ/b", "HQ/b"))], now=1.0)
-    jobs = store.claim(ROUTER, "w", 10, LEASE, now=2.0)
-    store.complete([Delivered(j) for j in jobs if j.mailbox], now=3.0)
-    assert store.set_state([message_id], "delete", now=4.0) == 1
-    assert store.queue() == [] and backend.message_rows() == 1
-    [entry] = store.mailbox("HQ/b")
-    assert store.mailbox_content("HQ/b", entry.entry_id) == message().content
+@contract
+async def test_delete_keeps_content_a_mailbox_still_holds(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message(("a@x", None), ("HQ/b", "HQ/b")))
+    jobs = await store.claim(ROUTER, "w", 10, LEASE)
+    await store.complete([Delivered(j) for j in jobs if j.mailbox])
+    await store.complete([Deferred(j, b.clock.wall_now + 60, "451") for j in jobs if not j.mailbox])
+    assert await store.set_state([message_id], "delete") == Changes(now=1)
+    assert await store.queue() == [] and b.message_rows(store) == 1
+    [entry] = await store.mailbox("HQ/b")
+    assert await store.mailbox_content("HQ/b", entry.entry_id) == message().content
 
 
-def test_unknown_admin_action_is_refused(store: Store) -> None:
-    [message_id] = store.enqueue([message()], now=1.0)
+@contract
+async def test_requeue_hands_waiting_mail_to_the_router(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message())
+    await store.complete([Moved(await claim_one(store), "HQ", SEND)])
+    assert await store.set_state([message_id], "requeue") == Changes(now=1)
+    [entry] = await store.queue()
+    assert (entry.state, entry.queue) == ("incoming", ROUTER)
+    assert await admin_trail(store, message_id) == [("requeue", NOW)]
+
+
+@contract
+async def test_unknown_admin_action_is_refused(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message())
     with pytest.raises(ValueError):
-        store.set_state([message_id], "delivered", now=2.0)
+        await store.set_state([message_id], "delivered")
 
 
-def test_counts_and_pending(store: Store) -> None:
-    defer_all(store, 2, retry_at=100.0)
-    store.enqueue([message() for _ in range(3)], now=5.0)
-    assert len(store.claim(ROUTER, "w", 1, LEASE, now=6.0)) == 1
-    assert states(store) == {"deferred": 2, "incoming": 2, "active": 1}
-    assert store.pending(ROUTER, now=50.0) == 3
-    assert store.pending(ROUTER, now=100.0) == 5
-    assert store.pending(SEND, now=100.0) == 0
+@contract
+async def test_counts_and_pending(store: Store, b: Backend) -> None:
+    await defer_all(store, b, 2, retry_in=100.0)
+    await enqueue(store, *(message() for _ in range(3)))
+    assert len(await store.claim(ROUTER, "w", 1, LEASE)) == 1
+    assert await states(store) == {"deferred": 2, "incoming": 2, "active": 1}
+    b.clock.step(wall=50.0)
+    assert await store.pending(ROUTER) == 3
+    b.clock.step(wall=50.0)
+    assert await store.pending(ROUTER) == 5
+    assert await store.pending(SEND) == 0
 
 
-def test_purge_forgets_old_final_mail(backend: Backend, store: Store) -> None:
-    store.enqueue([message(("a@x", None)), message(("HQ/b", "HQ/b"))], now=1.0)
-    jobs = store.claim(ROUTER, "w", 10, LEASE, now=2.0)
-    store.complete([Delivered(j) for j in jobs], now=3.0)
-    assert store.purge(before=3.0) == 0
-    assert store.purge(before=4.0) == 2
-    assert states(store) == {}
-    assert backend.message_rows() == 1  # the mailbox entry still needs its content
-    assert len(store.mailbox("HQ/b")) == 1
+@contract
+async def test_purge_forgets_old_final_mail_by_the_wall_clock(store: Store, b: Backend) -> None:
+    ids = await enqueue(store, message(("a@x", None)), message(("HQ/b", "HQ/b")))
+    jobs = await store.claim(ROUTER, "w", 10, LEASE)
+    await store.complete([Delivered(j) for j in jobs])
+    b.clock.step(lease=1e6)  # leases and heartbeats do not age mail
+    assert await store.purge(final_retention=1.0, trace_retention=1e9) == 0
+    b.clock.step(wall=2.0)
+    assert await store.purge(final_retention=1.0, trace_retention=1e9) == 2
+    assert await states(store) == {}
+    assert b.message_rows(store) == 1  # the mailbox entry still needs its content
+    assert len(await store.mailbox("HQ/b")) == 1
+    assert [h.event for h in await store.hops(ids[1])] == ["received", "delivered"]
+    assert await store.purge(final_retention=1.0, trace_retention=1.0) == 0
+    assert await store.hops(ids[1]) == []
+
+
+# -- admin actions on a job in an attempt ----------------------------------------------------
+
+
+async def in_attempt(store: Store, action: str) -> tuple[str, Job]:
+    """A job of SEND in an attempt, and `action` asked for meanwhile."""
+    message_id = await store.enqueue(message())
+    await store.complete([Moved(await claim_one(store), "HQ", SEND)])
+    job = await claim_one(store, queue=SEND, owner="gw1")
+    assert await store.set_state([message_id], action) == Changes(later=1)
+    assert [e.state for e in await store.queue()] == ["active"]
+    assert await store.claim(SEND, "gw2", 10, LEASE) == []
+    assert await store.claim(ROUTER, "r", 10, LEASE) == []
+    renewal = await store.renew([job], LEASE)
+    assert renewal.lost([job]) == [] and renewal.pending == {key_of(job): action}
+    return message_id, job
+
+
+@contract
+async def test_hold_waits_for_the_attempt_then_applies(store: Store, b: Backend) -> None:
+    message_id, job = await in_attempt(store, "hold")
+    await store.complete([Deferred(job, retry_at=b.clock.wall_now, reply="451")])
+    [entry] = await store.queue()
+    assert (entry.state, entry.attempts) == ("hold", 1)
+    b.clock.step(wall=1e9, lease=1e9)
+    assert await store.claim(SEND, "gw2", 10, LEASE) == []
+    assert await admin_trail(store, message_id) == [("hold requested", WAITS), ("hold", AFTER)]
+
+
+@contract
+async def test_delete_waits_for_the_attempt_then_applies(store: Store, b: Backend) -> None:
+    message_id, job = await in_attempt(store, "delete")
+    await store.complete([Deferred(job, retry_at=b.clock.wall_now, reply="451")])
+    assert await store.queue() == [] and await states(store) == {}
+    assert b.message_rows(store) == 0
+    with pytest.raises(KeyError):
+        await store.content(message_id)
+    assert await admin_trail(store, message_id) == [("delete requested", WAITS), ("delete", AFTER)]
+
+
+@contract
+async def test_delete_of_a_message_partly_in_an_attempt(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message(("a@x", None), ("b@x", None)))
+    [job] = await store.claim(ROUTER, "w", 1, LEASE)
+    assert await store.set_state([message_id], "delete") == Changes(now=1, later=1)
+    assert await store.content(message_id) == message().content  # the attempt still reads it
+    await store.complete([Deferred(job, retry_at=b.clock.wall_now, reply="451")])
+    assert await store.queue() == [] and b.message_rows(store) == 0
+    with pytest.raises(KeyError):
+        await store.content(message_id)
+
+
+@contract
+async def test_requeue_waits_for_the_attempt_then_applies(store: Store, b: Backend) -> None:
+    message_id, job = await in_attempt(store, "requeue")
+    await store.complete([Deferred(job, retry_at=b.clock.wall_now + 600, reply="451")])
+    [entry] = await store.queue()
+    assert (entry.state, entry.queue) == ("incoming", ROUTER)
+    assert (await claim_one(store)).message_id == message_id
+    assert await admin_trail(store, message_id) == [
+        ("requeue requested", WAITS), ("requeue", AFTER),
+    ]  # fmt: skip
+
+
+@contract
+async def test_a_move_also_lets_the_waiting_action_apply(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message())
+    job = await claim_one(store)
+    assert await store.set_state([message_id], "hold") == Changes(later=1)
+    await store.complete([Moved(job, "GWPO", SEND)])
+    [entry] = await store.queue()
+    assert (entry.state, entry.location, entry.queue) == ("hold", "GWPO", SEND)
+    assert await admin_trail(store, message_id) == [("hold requested", WAITS), ("hold", AFTER)]
+
+
+@pytest.mark.parametrize("action", ["hold", "delete", "requeue"])
+@contract
+async def test_a_delivery_ends_a_waiting_action(store: Store, b: Backend, action: str) -> None:
+    message_id, job = await in_attempt(store, action)
+    await store.complete([Delivered(job, relay="relay.example", reply="250 ok")])
+    assert await states(store) == {"delivered": 1}
+    assert await admin_trail(store, message_id) == [
+        (f"{action} requested", WAITS), (f"{action} dropped", DROPPED),
+    ]  # fmt: skip
+
+
+@contract
+async def test_a_bounce_ends_a_waiting_hold(store: Store, b: Backend) -> None:
+    message_id, job = await in_attempt(store, "hold")
+    await store.complete([Bounced(job, reply="550 no such user")])
+    assert await states(store) == {"bounced": 1}
+    assert await admin_trail(store, message_id) == [
+        ("hold requested", WAITS), ("hold dropped", "admin: the attempt ended it (bounced)"),
+    ]  # fmt: skip
+
+
+@contract
+async def test_held_with_a_waiting_delete_deletes(store: Store, b: Backend) -> None:
+    message_id, job = await in_attempt(store, "delete")
+    await store.complete([Held(job, "content damaged")])
+    assert await store.queue() == [] and b.message_rows(store) == 0
+    assert await admin_trail(store, message_id) == [("delete requested", WAITS), ("delete", AFTER)]
+
+
+@pytest.mark.parametrize("hand_back", ["release_owner", "requeue"])
+@contract
+async def test_a_dead_owners_job_gets_its_waiting_action(
+    store: Store, b: Backend, hand_back: str
+) -> None:
+    message_id, _ = await in_attempt(store, "hold")
+    if hand_back == "release_owner":
+        assert await store.release_owner(SEND, "gw1") == 1
+    else:
+        assert await store.requeue(SEND, ["SALES"], dead=["gw1"]) == 1
+    [entry] = await store.queue()
+    assert (entry.state, entry.queue) == ("hold", SEND)
+    assert await admin_trail(store, message_id) == [("hold requested", WAITS), ("hold", AFTER)]
+
+
+@pytest.mark.parametrize(
+    ("action", "left"),
+    [("hold", [("hold", "HQ", SEND)]), ("requeue", [("incoming", "HQ", ROUTER)]), ("delete", [])],
+)
+@contract
+async def test_a_cancelled_attempt_applies_the_action_without_counting(
+    store: Store, b: Backend, action: str, left: list[tuple[str, str, str]]
+) -> None:
+    message_id, job = await in_attempt(store, action)
+    await store.complete([Cancelled(job)])
+    entries = await store.queue()
+    assert [(e.state, e.location, e.queue) for e in entries] == left
+    assert all(e.attempts == 0 for e in entries)
+    assert await admin_trail(store, message_id) == [
+        (f"{action} requested", WAITS), (action, CANCELLED),
+    ]  # fmt: skip
+
+
+@contract
+async def test_release_withdraws_a_waiting_hold(store: Store, b: Backend) -> None:
+    message_id, job = await in_attempt(store, "hold")
+    assert await store.set_state([message_id], "release") == Changes(now=1)
+    renewal = await store.renew([job], LEASE)
+    assert renewal.lost([job]) == [] and renewal.pending == {}
+    await store.complete([Deferred(job, retry_at=b.clock.wall_now + 60, reply="451")])
+    assert [e.state for e in await store.queue()] == ["deferred"]
+    trail = await admin_trail(store, message_id)
+    assert [event for event, _ in trail] == ["hold requested", "release"]
+    assert trail[0][1] == WAITS and trail[1][1].startswith("admin")  # withdrawn, says how
+
+
+@contract
+async def test_an_expired_attempt_with_a_waiting_hold_is_not_claimed(
+    store: Store, b: Backend
+) -> None:
+    message_id, _ = await in_attempt(store, "hold")
+    expire(b)
+    assert await store.claim(SEND, "gw2", 10, LEASE) == []
+    assert [e.state for e in await store.queue()] == ["hold"]
+    assert await store.claim(SEND, "gw2", 10, LEASE) == []
+    assert [event for event, _ in await admin_trail(store, message_id)][-1] == "hold"
 
 
 # -- listing and paging ------------------------------------------------------------------
 
 
-def mixed_queue(store: Store) -> list[str]:
+async def mixed_queue(store: Store, b: Backend) -> list[str]:
     """Six messages over three times, two recipients each, in every state; returns ids."""
     ids: list[str] = []
-    for now in (10.0, 20.0, 30.0):
-        ids += store.enqueue([message(("a@x", None), ("b@x", None)) for _ in range(2)], now=now)
-    jobs = store.claim(ROUTER, "w", 4, LEASE, now=40.0)  # the 10.0 ones: two stay active
-    store.complete([Deferred(jobs[0], retry_at=99.0, reply="451"), Delivered(jobs[1])], now=41.0)
-    store.set_state([ids[4]], "hold", now=42.0)
+    for _ in range(3):
+        ids += await enqueue(store, *(message(("a@x", None), ("b@x", None)) for _ in range(2)))
+        b.clock.step(wall=10.0)
+    jobs = await store.claim(ROUTER, "w", 4, LEASE)  # the first ones: two stay active
+    retry_at = b.clock.wall_now + 59.0
+    await store.complete([Deferred(jobs[0], retry_at=retry_at, reply="451"), Delivered(jobs[1])])
+    await store.set_state([ids[4]], "hold")
     return ids
 
 
-def walk(store: Store, limit: int, states: tuple[str, ...] = ()) -> list[list[tuple[str, int]]]:
+async def walk(
+    store: Store, limit: int, states: tuple[str, ...] = ()
+) -> list[list[tuple[str, int]]]:
     pages, after = [], None
-    while page := store.queue(states, limit, after):
+    while page := await store.queue(states, limit, after):
         pages.append([(e.message_id, e.rcpt_id) for e in page])
         after = page[-1].key
     return pages
 
 
-def test_queue_pages_walk_every_waiting_job_once_oldest_first(store: Store) -> None:
-    ids = mixed_queue(store)
-    pages = walk(store, limit=5)
+@contract
+async def test_queue_pages_walk_every_waiting_job_once_oldest_first(
+    store: Store, b: Backend
+) -> None:
+    ids = await mixed_queue(store, b)
+    pages = await walk(store, limit=5)
     assert [len(page) for page in pages] == [5, 5, 1]  # 12 jobs, one delivered
     listed = [key for page in pages for key in page]
-    assert listed == [(e.message_id, e.rcpt_id) for e in store.queue(limit=100)]
+    assert listed == [(e.message_id, e.rcpt_id) for e in await store.queue(limit=100)]
     expected = [(i, r) for i in ids for r in (0, 1)]
     expected.remove((ids[0], 1))  # delivered: final, not listed
     assert listed == expected
-    assert {e.state for e in store.queue(limit=100)} == {"incoming", "active", "deferred", "hold"}
+    entries = await store.queue(limit=100)
+    assert {e.state for e in entries} == {"incoming", "active", "deferred", "hold"}
 
 
-def test_queue_pages_of_one_state(store: Store) -> None:
-    ids = mixed_queue(store)
-    assert walk(store, limit=1, states=("hold",)) == [[(ids[4], 0)], [(ids[4], 1)]]
-    assert walk(store, limit=2, states=("delivered", "deferred")) == [[(ids[0], 0), (ids[0], 1)]]
+@contract
+async def test_queue_pages_of_one_state(store: Store, b: Backend) -> None:
+    ids = await mixed_queue(store, b)
+    assert await walk(store, limit=1, states=("hold",)) == [[(ids[4], 0)], [(ids[4], 1)]]
+    pages = await walk(store, limit=2, states=("delivered", "deferred"))
+    assert pages == [[(ids[0], 0), (ids[0], 1)]]
 
 
-def test_a_page_resumes_after_its_key_when_that_job_has_gone(store: Store) -> None:
-    ids = mixed_queue(store)
-    first = store.queue(limit=4)
+@contract
+async def test_a_page_resumes_after_its_key_when_that_job_has_gone(
+    store: Store, b: Backend
+) -> None:
+    ids = await mixed_queue(store, b)
+    first = await store.queue(limit=4)
     assert [e.message_id for e in first] == [ids[0], ids[1], ids[1], ids[2]]
-    store.set_state([ids[2], ids[0]], "delete", now=50.0)  # the last one listed, and earlier
-    rest = store.queue(limit=100, after=first[-1].key)
+    await store.set_state([ids[2], ids[0]], "delete")  # the last one listed, and earlier
+    rest = await store.queue(limit=100, after=first[-1].key)
     assert [(e.message_id, e.rcpt_id) for e in rest] == [(i, r) for i in ids[3:] for r in (0, 1)]
 
 
-# -- several processes -------------------------------------------------------------------
+# -- workers -------------------------------------------------------------------------------
 
 
-def claim_until_empty(url: str, owner: str, start: object, out: object) -> None:
-    store = open_store(url)
-    start.wait()  # type: ignore[attr-defined]  # a barrier: all start together
-    got: list[tuple[str, int]] = []
-    while jobs := store.claim(ROUTER, owner, 5, LEASE, time.time()):
-        got += [(j.message_id, j.rcpt_id) for j in jobs]
-        time.sleep(0.001)  # "work" on them, as a worker would
-    store.close()
-    out.put((owner, got))  # type: ignore[attr-defined]
+@contract
+async def test_heartbeats_tell_which_workers_run(store: Store, b: Backend) -> None:
+    await store.heartbeat("gateway:GW2", "p2")
+    b.clock.step(lease=10.0)
+    await store.heartbeat("gateway:GW1", "p1")
+    assert await store.alive(within=5) == {"gateway:GW1"}
+    await store.forget("gateway:GW1", "someone-else")
+    assert await store.alive(within=5) == {"gateway:GW1"}
+    await store.forget("gateway:GW1", "p1")
+    assert await store.alive(within=1e6) == {"gateway:GW2"}
 
 
-def test_heartbeats_tell_which_workers_run(store: Store) -> None:
-    store.heartbeat("gateway:GW1", "p1", now=100.0)
-    store.heartbeat("gateway:GW2", "p2", now=90.0)
-    assert store.alive(since=95.0) == {"gateway:GW1"}
-    store.forget("gateway:GW1", "someone-else")
-    assert store.alive(since=95.0) == {"gateway:GW1"}
-    store.forget("gateway:GW1", "p1")
-    assert store.alive(since=0.0) == {"gateway:GW2"}
-
-
-def test_requeue_hands_a_stopped_gateways_mail_back_to_the_router(store: Store) -> None:
-    [waiting, in_flight, other_origin] = store.enqueue(
-        [message(), message(), NewMessage("a@b.c", (NewRecipient("x@y.z", None),), b"x",
-                                          "HQ", "ENG", "cli")], now=100.0)
-    for job in store.claim(ROUTER, "r", 10, LEASE, now=101.0):
-        store.complete([Moved(job, "HQ", SEND)], now=102.0)
-    assert {j.message_id for j in store.claim(SEND, "gw1", 1, LEASE, now=103.0)} == {waiting}
-    assert store.requeue(SEND, ["SALES"], now=104.0) == 1  # not what a live owner holds
-    assert store.requeue(SEND, ["SALES"], now=104.0, dead=["gw1"]) == 1  # a dead one's, yes
-    assert store.due(ROUTER, now=104.0) and store.due(SEND, now=104.0)
-    back = {j.message_id for j in store.claim(ROUTER, "r", 10, LEASE, now=105.0)}
+@contract
+async def test_requeue_hands_a_stopped_gateways_mail_back_to_the_router(
+    store: Store, b: Backend
+) -> None:
+    other = NewMessage("a@b.c", (NewRecipient("x@y.z", None),), b"x", "HQ", "ENG", "cli")
+    waiting, in_flight, other_origin = await enqueue(store, message(), message(), other)
+    for job in await store.claim(ROUTER, "r", 10, LEASE):
+        await store.complete([Moved(job, "HQ", SEND)])
+    assert {j.message_id for j in await store.claim(SEND, "gw1", 1, LEASE)} == {waiting}
+    assert await store.requeue(SEND, ["SALES"]) == 1  # not what a live owner holds
+    assert await store.requeue(SEND, ["SALES"], dead=["gw1"]) == 1  # a dead one's, yes
+    assert await store.due(ROUTER) and await store.due(SEND)
+    back = {j.message_id for j in await store.claim(ROUTER, "r", 10, LEASE)}
     assert back == {waiting, in_flight}
-    assert [j.message_id for j in store.claim(SEND, "gw2", 10, LEASE, now=105.0)] == [other_origin]
-    assert "requeue" in [hop.event for hop in store.hops(waiting)]
+    assert [j.message_id for j in await store.claim(SEND, "gw2", 10, LEASE)] == [other_origin]
+    assert "requeue" in [hop.event for hop in await store.hops(waiting)]
 
 
-def test_release_owner_gives_back_only_that_owners_leases(store: Store) -> None:
-    store.enqueue([message(), message()], now=100.0)
-    first = store.claim(ROUTER, "dead", 1, LEASE, now=101.0)
-    second = store.claim(ROUTER, "alive", 1, LEASE, now=101.0)
-    assert store.owners(ROUTER) == {"dead", "alive"}
-    assert store.release_owner(ROUTER, "dead", now=102.0) == 1
-    again = store.claim(ROUTER, "new", 10, LEASE, now=103.0)
+@contract
+async def test_requeue_takes_an_active_job_whose_lease_ran_out(store: Store, b: Backend) -> None:
+    message_id = await store.enqueue(message())
+    await store.complete([Moved(await claim_one(store), "HQ", SEND)])
+    await claim_one(store, queue=SEND, owner="gw1")
+    assert await store.requeue(SEND, ["SALES"]) == 0
+    expire(b)
+    assert await store.requeue(SEND, ["SALES"]) == 1
+    assert (await claim_one(store)).message_id == message_id
+
+
+@contract
+async def test_release_owner_gives_back_only_that_owners_leases(store: Store, b: Backend) -> None:
+    await enqueue(store, message(), message())
+    first = await store.claim(ROUTER, "dead", 1, LEASE)
+    second = await store.claim(ROUTER, "alive", 1, LEASE)
+    assert await store.owners(ROUTER) == {"dead", "alive"}
+    assert await store.release_owner(ROUTER, "dead") == 1
+    again = await store.claim(ROUTER, "new", 10, LEASE)
     assert [j.message_id for j in again] == [first[0].message_id]
-    assert store.owners(ROUTER) == {"alive", "new"} and second
+    assert await store.owners(ROUTER) == {"alive", "new"} and second
 
 
-def test_renew_extends_only_the_owners_leases(store: Store) -> None:
-    store.enqueue([message()], now=100.0)
-    job = claim_one(store, now=101.0, owner="w1")
-    assert store.renew([job], until=101.0 + 3 * LEASE) == 1
-    assert store.claim(ROUTER, "w2", 10, LEASE, now=101.0 + 2 * LEASE) == []  # still held
-    stale = store.claim(ROUTER, "w2", 10, LEASE, now=102.0 + 3 * LEASE)
-    assert [j.owner for j in stale] == ["w2"]
-    assert store.renew([job], until=10_000.0) == 0  # w1 lost it
+@contract
+async def test_due_sees_incoming_due_retries_and_expired_leases_only(
+    store: Store, b: Backend
+) -> None:
+    assert not await store.due(ROUTER)
+    await store.enqueue(message())
+    assert await store.due(ROUTER)
+    await claim_one(store)
+    assert not await store.due(ROUTER)
+    expire(b)
+    assert await store.due(ROUTER)
+    again = await claim_one(store, owner="w2")
+    assert not await store.due(ROUTER)
+    await store.complete([Deferred(again, retry_at=b.clock.wall_now + 100, reply="451 later")])
+    b.clock.step(wall=99.0)
+    assert not await store.due(ROUTER)
+    b.clock.step(wall=1.0)
+    assert await store.due(ROUTER)
 
 
-def test_due_sees_incoming_due_retries_and_expired_leases_only(store: Store) -> None:
-    assert not store.due(ROUTER, now=0.0)
-    store.enqueue([message()], now=100.0)
-    assert store.due(ROUTER, now=100.0)
-    job = claim_one(store, now=101.0)
-    assert not store.due(ROUTER, now=102.0)
-    assert store.due(ROUTER, now=101.0 + LEASE + 1)
-    store.complete([Deferred(job, retry_at=200.0, reply="451 later")], now=103.0)
-    assert not store.due(ROUTER, now=199.0)
-    assert store.due(ROUTER, now=200.0)
+# -- several processes (SQLite: a file that several processes share) --------------------------
 
 
-def test_claims_from_concurrent_processes_never_overlap(backend: Backend, store: Store) -> None:
-    ids = store.enqueue([message() for _ in range(2000)], now=1.0)
+def claim_until_empty(url: str, owner: str, start: Any, out: Any) -> None:
+    async def claims() -> list[tuple[str, int]]:
+        store = open_store(url)
+        start.wait()  # a barrier: all start together
+        got: list[tuple[str, int]] = []
+        try:
+            while jobs := await store.claim(ROUTER, owner, 5, LEASE):
+                got += [key_of(job) for job in jobs]
+                await asyncio.sleep(0.001)  # "work" on them, as a worker would
+        finally:
+            await store.aclose()
+        return got
+
+    out.put((owner, asyncio.run(claims())))
+
+
+@sqlite_only
+async def test_claims_from_concurrent_processes_never_overlap(store: Store, b: Backend) -> None:
+    ids = await asyncio.gather(*(store.enqueue(message()) for _ in range(2000)))
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Barrier(4), ctx.Queue()
     workers = [
-        ctx.Process(target=claim_until_empty, args=(backend.url, f"p{n}", start, out))
-        for n in range(4)
+        ctx.Process(target=claim_until_empty, args=(b.url, f"p{n}", start, out)) for n in range(4)
     ]
     for worker in workers:
         worker.start()
-    results = dict(out.get(timeout=60) for _ in workers)
+    loop = asyncio.get_running_loop()
+    results = dict([await loop.run_in_executor(None, out.get, True, 60) for _ in workers])
     for worker in workers:
-        worker.join(timeout=10)
+        await loop.run_in_executor(None, worker.join, 10)
     claimed = [key for got in results.values() for key in got]
     assert len(claimed) == len(set(claimed)) == 2000
     assert {message_id for message_id, _ in claimed} == set(ids)
@@ -554,61 +1124,52 @@ def test_claims_from_concurrent_processes_never_overlap(backend: Backend, store:
 
 def test_sqlite_file_is_wal_fsynced_and_versioned(tmp_path: Path) -> None:
     path = tmp_path / "new" / "dir" / "q.db"
-    store = open_store(f"sqlite:{path}")
-    assert isinstance(store, SqliteStore)
-    conn = store._conn
+    db = SqliteDb(path)
+    conn = db._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL between enqueues
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.VERSION
-    store.close()
+    db.close()
     assert schema.migrate(sqlite3.connect(path, isolation_level=None)) == schema.VERSION
 
 
 def test_sqlite_enqueue_commits_with_full_sync_and_claims_do_not(tmp_path: Path) -> None:
-    store = open_store(f"sqlite:{tmp_path / 'q.db'}")
-    assert isinstance(store, SqliteStore)
+    db = SqliteDb(tmp_path / "q.db")
     seen: list[str] = []
-    store._conn.set_trace_callback(seen.append)
-    store.enqueue([message()], now=1.0)
+    db._conn.set_trace_callback(seen.append)
+    db.enqueue([message()], now=1.0)
     enqueue_log = list(seen)
     seen.clear()
-    store.claim(ROUTER, "w", 10, 60.0, now=2.0)
+    db.claim(ROUTER, "w", 10, 60.0, now=2.0)
     full = [i for i, sql in enumerate(enqueue_log) if sql == "PRAGMA synchronous = FULL"]
     commit = enqueue_log.index("COMMIT")
     assert full and full[0] < commit  # the acknowledged write is fsync'ed
     assert "PRAGMA synchronous = FULL" not in seen and "COMMIT" in seen
-    store.close()
+    db.close()
 
 
-def query_plans(store: SqliteStore, calls: Callable[[], object]) -> dict[str, list[str]]:
-    """EXPLAIN QUERY PLAN of every SELECT that `calls` ran, by statement."""
-    seen: list[str] = []
-    store._conn.set_trace_callback(seen.append)
-    calls()
-    store._conn.set_trace_callback(None)
-    selects = [sql for sql in seen if sql.lstrip().upper().startswith("SELECT")]
-    return {sql: [row[3] for row in store._conn.execute("EXPLAIN QUERY PLAN " + sql)]
-            for sql in selects}
-
-
-def test_sqlite_listing_claims_and_counts_never_scan_the_jobs_table(tmp_path: Path) -> None:
+@sqlite_only
+async def test_sqlite_listing_claims_and_counts_never_scan_the_jobs_table(
+    store: Store, b: Backend
+) -> None:
     """With a million deferred jobs, what runs all the time (claims, due,
     pending) and what a user waits for (a mailq page, its counts) must be
     index searches, so their cost does not grow with the backlog."""
-    store = SqliteStore(tmp_path / "q.db")
-    mixed_queue(store)
-    key = store.queue(limit=3)[-1].key
-
-    def calls() -> None:
-        store.queue(limit=3, after=key)
-        store.queue(("deferred",), limit=3, after=key)
-        store.claim(SEND, "gw", 10, LEASE, now=60.0)
-        store.due(SEND, now=60.0)
-        store.pending(SEND, now=60.0)
-        store.counts()
-
-    plans = query_plans(store, calls)
+    await mixed_queue(store, b)
+    key = (await store.queue(limit=3))[-1].key
+    conn = store._db._conn  # type: ignore[attr-defined]  # the worker thread is idle meanwhile
+    seen: list[str] = []
+    conn.set_trace_callback(seen.append)
+    await store.queue(limit=3, after=key)
+    await store.queue(("deferred",), limit=3, after=key)
+    await store.claim(SEND, "gw", 10, LEASE)
+    await store.due(SEND)
+    await store.pending(SEND)
+    await store.counts()
+    conn.set_trace_callback(None)
+    selects = [sql for sql in seen if sql.lstrip().upper().startswith("SELECT")]
+    plans = {sql: [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)] for sql in selects}
     assert len(plans) >= 7
     for sql, plan in plans.items():
         on_jobs = [line for line in plan if " j " in f"{line} " or "jobs" in line]
@@ -617,22 +1178,22 @@ def test_sqlite_listing_claims_and_counts_never_scan_the_jobs_table(tmp_path: Pa
             full_scan = line.startswith("SCAN") and "COVERING INDEX jobs_by_state" not in line
             assert not full_scan, (sql, plan)
         assert not any("GROUP BY" in line for line in plan), (sql, plan)  # no sort for counts
-    store.close()
 
 
-def test_sqlite_version_1_file_gets_the_listing_index(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+@sqlite_only
+async def test_sqlite_version_1_file_gets_the_listing_index(store: Store, b: Backend) -> None:
+    path = Path(b.url.removeprefix("sqlite:"))
+    path.parent.mkdir(parents=True)
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         for statement in schema.MIGRATIONS[0]:
             conn.execute(statement)
         conn.execute("PRAGMA user_version = 1")
-    store = SqliteStore(path)
-    [message_id] = store.enqueue([message()], now=1.0)
-    assert [e.message_id for e in store.queue(("incoming",), limit=1)] == [message_id]
-    indexes = {row[0] for row in store._conn.execute("SELECT name FROM sqlite_master")}
-    assert "jobs_by_state" in indexes
-    assert store._conn.execute("PRAGMA user_version").fetchone()[0] == schema.VERSION
-    store.close()
+    message_id = await store.enqueue(message())  # the store opens the file on its first call
+    assert [e.message_id for e in await store.queue(("incoming",), limit=1)] == [message_id]
+    with closing(sqlite3.connect(path)) as conn:
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert "jobs_by_state" in indexes
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.VERSION
 
 
 def test_sqlite_opening_a_current_store_does_not_wait_for_a_writer(
@@ -640,35 +1201,34 @@ def test_sqlite_opening_a_current_store_does_not_wait_for_a_writer(
 ) -> None:
     """mailq opens the store while the system writes: it must only read."""
     path = tmp_path / "q.db"
-    SqliteStore(path).close()
+    SqliteDb(path).close()
     monkeypatch.setattr(connect_module, "BUSY_TIMEOUT", 0.1)  # fail soon instead of waiting
+
+    async def read() -> None:
+        store = SqliteStore(path)
+        try:
+            assert await store.queue() == [] and (await store.counts())["incoming"] == 0
+        finally:
+            await store.aclose()
+
     with closing(sqlite3.connect(path, isolation_level=None, timeout=0)) as writer:
         writer.execute("BEGIN IMMEDIATE")
-        store = SqliteStore(path)
-        assert store.queue() == [] and store.counts()["incoming"] == 0
+        asyncio.run(read())
         writer.execute("ROLLBACK")
-        store.close()
 
 
 @pytest.mark.parametrize("form", ["sqlite:{}", "sqlite://{}"])
 def test_open_store_accepts_url_forms(tmp_path: Path, form: str) -> None:
-    store = open_store(form.format(tmp_path / "q.db"))
-    store.close()
+    async def open_and_close() -> None:
+        store = open_store(form.format(tmp_path / "q.db"))
+        assert isinstance(store, SqliteStore)
+        assert await store.version() == schema.VERSION
+        await store.aclose()
+
+    asyncio.run(open_and_close())
     assert (tmp_path / "q.db").exists()
 
 
 def test_open_store_refuses_other_schemes() -> None:
     with pytest.raises(ValueError):
         open_store("postgresql://localhost/mail")
-
-
-def test_a_delay_warning_is_enqueued_once_per_message(store: Store) -> None:
-    [message_id] = store.enqueue([message(("a@x.org", None), ("b@x.org", None))], now=100.0)
-    first, second = store.claim(ROUTER, "w", 10, LEASE, now=101.0)
-    assert not first.warned
-    warning = message(("alice@example.com", None), content=b"Subject: delayed\r\n\r\n")
-    one = store.complete([Deferred(first, 500.0, "451 later")], 102.0, (), [(message_id, warning)])
-    two = store.complete([Deferred(second, 500.0, "451 later")], 102.0, (), [(message_id, warning)])
-    assert len(one) == 1 and two == []  # the second worker's warning is not sent again
-    again = [j for j in store.claim(ROUTER, "w", 10, LEASE, now=600.0) if j.message_id == message_id]
-    assert len(again) == 2 and all(job.warned for job in again)
