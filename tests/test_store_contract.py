@@ -931,6 +931,25 @@ async def test_release_withdraws_a_waiting_hold(store: Store, b: Backend) -> Non
 
 
 @contract
+async def test_a_hold_or_requeue_never_undoes_a_waiting_delete(store: Store, b: Backend) -> None:
+    message_id, job = await in_attempt(store, "delete")
+    assert await store.set_state([message_id], "hold") == Changes(later=1)
+    assert await store.set_state([message_id], "requeue") == Changes(later=1)
+    assert (await store.renew([job], LEASE)).pending == {(job.message_id, job.rcpt_id): "delete"}
+    await store.complete([Deferred(job, retry_at=b.clock.wall_now + 60, reply="451")])
+    assert await store.queue() == []
+    assert [event for event, _ in await admin_trail(store, message_id)][-1] == "delete"
+
+
+@contract
+async def test_a_requeue_never_undoes_a_waiting_hold(store: Store, b: Backend) -> None:
+    message_id, job = await in_attempt(store, "hold")
+    await store.set_state([message_id], "requeue")
+    await store.complete([Deferred(job, retry_at=b.clock.wall_now + 60, reply="451")])
+    assert [e.state for e in await store.queue()] == ["hold"]
+
+
+@contract
 async def test_an_expired_attempt_with_a_waiting_hold_is_not_claimed(
     store: Store, b: Backend
 ) -> None:

@@ -209,6 +209,15 @@ class Hop:
 
 
 ADMIN_ACTIONS = ("hold", "release", "flush", "requeue", "delete")
+WAITING_ORDER = ("requeue", "hold", "delete")  # of two actions waiting, the later one here wins
+
+
+def stronger(waiting: str | None, action: str) -> str:
+    """The action that waits for an attempt once `action` is asked on top of
+    `waiting`: a delete is never undone by a hold, nor a hold by a requeue."""
+    if waiting is None:
+        return action
+    return max(waiting, action, key=WAITING_ORDER.index)
 
 
 class Intake(Protocol):

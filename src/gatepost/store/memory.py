@@ -42,6 +42,7 @@ from .base import (
     QueueKey,
     Renewal,
     key_of,
+    stronger,
 )
 from .clock import Clock
 from .ids import QUEUE_IDS
@@ -323,7 +324,7 @@ class MemoryStore:
         if row.state in AT_ONCE.get(action, ()):
             self._act(row, action, "admin", now)
         elif action in AT_ONCE and row.state == "active":
-            row.pending, row.updated = action, now
+            row.pending, row.updated = stronger(row.pending, action), now
             self._hop(row, f"{action} requested", WAITS, now)
             return Changes(later=1)
         elif action == "release" and row.state == "hold":

@@ -56,6 +56,7 @@ from .base import (
     QueueEntry,
     QueueKey,
     Renewal,
+    stronger,
 )
 from .clock import Clock, boot_id
 from .connect import begin, opened
@@ -496,7 +497,7 @@ def _admin(conn: sqlite3.Connection, action: str, row: Row, now: float) -> Chang
     where, key = (message_id, rcpt_id, address, location), (message_id, rcpt_id)
     if state == "active":
         if action in ("hold", "delete", "requeue"):
-            conn.execute(Q["set_pending"], (action, *key))
+            conn.execute(Q["set_pending"], (stronger(pending, action), *key))
             _hop(conn, where, now, f"{action} requested", REQUESTED)
             return Changes(later=1)
         if action == "release" and pending == "hold":
