@@ -1,5 +1,5 @@
 """Helpers for the hostile-input tests: a real receive side (ReceiveSide on a
-loopback port 0, an AsyncStore on a SQLite file) running on its own event loop
+loopback port 0, the async store on a SQLite file) running on its own event loop
 thread, and a blocking SMTP client that sends exact bytes and reads replies."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from gatepost.receive import ReceiveSide
 from gatepost.receive.guard import Deadlines
-from gatepost.store import AsyncStore, Store, open_store
+from gatepost.store import Store, open_store
 from gatepost.topology import HostPort, Topology, load
 
 T = TypeVar("T")
@@ -66,14 +66,15 @@ class Receiver:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         factory = store_factory or (lambda: open_store(topo.store))
-        self.store = self.call(self._async_store(factory))
+        self.store = self.call(self._made(factory))
         self.side = ReceiveSide(topo, topo.gateways["GW1"], self.store, deadlines=deadlines)
         self.call(self.side.start())
         self.port = int(self.side.address.rpartition(":")[2])
 
     @staticmethod
-    async def _async_store(factory: Callable[[], Store]) -> AsyncStore:
-        return AsyncStore(factory)
+    async def _made(factory: Callable[[], Store]) -> Store:
+        """The store, made on the receiver's event loop."""
+        return factory()
 
     @staticmethod
     async def _cancel_sessions() -> None:

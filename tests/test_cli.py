@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MakeNet, Net
-from gatepost.store import NewMessage, NewRecipient, SqliteStore
+from gatepost.store import NewMessage, NewRecipient, SqliteDb
 from support import ROOT, gatepost
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
@@ -121,7 +121,7 @@ def test_run_with_its_listen_address_taken_names_the_key(make_net: MakeNet) -> N
 
 def queue_mail(net: Net, *recipients: str) -> list[str]:
     """One message per recipient, straight into the topology's store, one second apart."""
-    store = SqliteStore(net.config.parent / "var" / "acme.db")
+    store = SqliteDb(net.config.parent / "var" / "acme.db")
     try:
         return [store.enqueue([NewMessage("a@b.example", (NewRecipient(rcpt, None),), b"x",
                                           "HQ", "HQ", "cli")], now=1000.0 + n)[0]

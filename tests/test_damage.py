@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from gatepost.store import DamagedMessage, NewMessage, NewRecipient, SqliteStore, schema
+from gatepost.store import DamagedMessage, NewMessage, NewRecipient, SqliteDb, schema
 from scripted import ALICE, Harness, ScriptedHost
 
 
 def test_a_cut_spool_file_or_a_damaged_row_is_detected(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "q.db")
+    store = SqliteDb(tmp_path / "q.db")
     [small] = store.enqueue([NewMessage("a@b.c", (NewRecipient("x@y.z", None),), b"hello",
                                         "HQ", "HQ", "cli")], 1.0)
     store._conn.execute("UPDATE messages SET size = 99 WHERE id = ?", (small,))
@@ -31,7 +31,7 @@ def test_the_send_side_holds_a_damaged_message_and_sends_nothing(
     async def main() -> None:
         h = Harness(tmp_path, f'smarthost = "{host.address}"')
         queue_id = await h.submit(ALICE, ["r@example.org"])  # before the workers run
-        sync = SqliteStore(Path(h.topo.store.removeprefix("sqlite:")))
+        sync = SqliteDb(Path(h.topo.store.removeprefix("sqlite:")))
         sync._conn.execute("UPDATE messages SET size = size + 1 WHERE id = ?", (queue_id,))
         sync.close()
         async with h:
@@ -62,7 +62,7 @@ def test_run_refuses_a_damaged_store(tmp_path: Path) -> None:
 def corrupt_a_page(path: Path) -> None:
     """Overwrite one page in the middle of a store with 0xff: the schema still
     reads, SQLite's whole-file check does not pass."""
-    store = SqliteStore(path)
+    store = SqliteDb(path)
     body = b"x" * 5000
     store.enqueue([NewMessage("a@b.c", (NewRecipient("x@y.z", None),), body + bytes([i]),
                               "HQ", "HQ", "cli") for i in range(200)], 1.0)
@@ -101,7 +101,7 @@ def test_a_store_held_by_another_process_at_start_is_waited_for(tmp_path: Path) 
     releaser = threading.Timer(1.5, lambda: (holder.execute("COMMIT"), holder.close()))
     releaser.start()
     try:
-        store = SqliteStore(path)
+        store = SqliteDb(path)
         assert store.version() == schema.VERSION
         store.close()
     finally:

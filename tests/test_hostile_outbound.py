@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from gatepost.store import NewMessage, NewRecipient, open_store
+from gatepost.store import NewMessage, NewRecipient, SqliteDb
 from soak import Process
 from support import SEND_ONLY, wait_for
 
@@ -116,7 +116,7 @@ def test_the_send_side_never_emits_bare_line_ends_or_unstuffed_dots(tmp_path: Pa
     config = tmp_path / "gatepost.toml"
     config.write_text(SEND_ONLY.format(smarthost=f"127.0.0.1:{sink.port}"))
     db = tmp_path / "var" / "acme.db"
-    store = open_store(f"sqlite:{db}")
+    store = SqliteDb(db)
     recipient = (NewRecipient("someone@example.org", None),)
     store.enqueue(
         [NewMessage("alice@hq.acme.example", recipient, content, "HQ", "HQ", "test")

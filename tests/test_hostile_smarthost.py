@@ -21,7 +21,7 @@ import trustme
 from gatepost import policy
 from gatepost.send import outbound
 from gatepost.smtp.events import ProtocolError, Reply
-from gatepost.store import Hop, NewMessage, NewRecipient, open_store
+from gatepost.store import Hop, NewMessage, NewRecipient, SqliteDb
 from scripted import ALICE, SENT_AFTER, STAGES, TROUBLES, Clock, Harness, ScriptedHost
 from support import SEND_ONLY, Gatepost, wait_for
 
@@ -277,7 +277,7 @@ def test_garbage_after_an_accepted_message_restarts_nothing_and_resends_nothing(
     host.script.trouble_times = 1
     config = tmp_path / "gatepost.toml"
     config.write_text(TOPOLOGY.format(smarthost=host.address))
-    store = open_store(f"sqlite:{tmp_path / 'var' / 'acme.db'}")
+    store = SqliteDb(tmp_path / "var" / "acme.db")
     store.enqueue([NewMessage(ALICE, (NewRecipient(RCPT, None),),
                               f"Subject: m{n}\r\n\r\nhi\r\n".encode(), "HQ", "HQ", "test")
                    for n in range(2)], time.time())

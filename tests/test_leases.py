@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gatepost.store import ROUTER, AsyncStore, NewMessage, NewRecipient, SqliteStore, leases
+from gatepost.store import ROUTER, NewMessage, NewRecipient, SqliteDb, SqliteStore, leases
 
 
 def dead_pid() -> int:
@@ -26,22 +26,22 @@ def test_owner_names_say_role_host_and_process() -> None:
 
 def test_reclaim_releases_the_dead_and_keeps_the_living(tmp_path: Path) -> None:
     path = tmp_path / "q.db"
-    store = SqliteStore(path)
+    db = SqliteDb(path)
     mail = NewMessage("a@b.c", (NewRecipient("x@y.z", None),), b"x", "HQ", "HQ", "cli")
-    store.enqueue([mail, mail], now=1.0)
+    db.enqueue([mail, mail], now=1.0)
     dead = f"router@{leases.HOST}:{dead_pid()}"
-    store.claim(ROUTER, dead, 1, 600.0, now=2.0)
-    store.claim(ROUTER, leases.owner("router"), 1, 600.0, now=2.0)
-    store.close()
+    db.claim(ROUTER, dead, 1, 600.0, now=2.0)
+    db.claim(ROUTER, leases.owner("router"), 1, 600.0, now=2.0)
+    db.close()
 
     async def reclaim() -> int:
-        async_store = AsyncStore(lambda: SqliteStore(path))
+        store = SqliteStore(path)
         try:
-            return await leases.reclaim(async_store, ROUTER, 3.0)
+            return await leases.reclaim(store, ROUTER)
         finally:
-            await async_store.aclose()
+            await store.aclose()
 
     assert asyncio.run(reclaim()) == 1
-    store = SqliteStore(path)
-    assert store.owners(ROUTER) == {leases.owner("router")}
-    store.close()
+    db = SqliteDb(path)
+    assert db.owners(ROUTER) == {leases.owner("router")}
+    db.close()

@@ -32,11 +32,11 @@ from gatepost.receive.side import HopCount
 from gatepost.router import Router, plan
 from gatepost.store import (
     ROUTER,
-    AsyncStore,
     Bounced,
     Job,
     NewMessage,
     NewRecipient,
+    SqliteDb,
     SqliteStore,
 )
 from gatepost.topology import load
@@ -203,13 +203,13 @@ def test_router_plan_bounces_at_the_limit_with_5_4_6() -> None:
 def test_router_bounces_a_stored_message_over_the_limit_to_its_sender(tmp_path: Path) -> None:
     topo = load(EXAMPLE)  # hopcount_limit 50
     path = tmp_path / "store.db"
-    with closing(SqliteStore(path)) as store:
+    with closing(SqliteDb(path)) as store:
         looping = NewMessage(CAROL, (NewRecipient(OUTSIDE, None),), b"Subject: round\r\n\r\nx\r\n",
                              "SALES", "SALES", "alias", hop_count=51)
         [queue_id] = store.enqueue([looping], now=1.0)
 
     async def route() -> None:
-        async_store = AsyncStore(lambda: SqliteStore(path))
+        async_store = SqliteStore(path)
         try:
             router = Router(topo, async_store)
             assert await router.step() == 1  # the looping recipient: bounced
@@ -218,7 +218,7 @@ def test_router_bounces_a_stored_message_over_the_limit_to_its_sender(tmp_path: 
             await async_store.aclose()
 
     asyncio.run(route())
-    with closing(SqliteStore(path)) as store:
+    with closing(SqliteDb(path)) as store:
         assert [h.event for h in store.hops(queue_id)] == ["received", "bounced"]
         [entry] = store.mailbox("SALES/carol")
         content = store.mailbox_content("SALES/carol", entry.entry_id)
@@ -233,7 +233,7 @@ def test_router_bounces_a_stored_message_over_the_limit_to_its_sender(tmp_path: 
 
 
 def test_the_store_keeps_the_hop_count_of_each_message(tmp_path: Path) -> None:
-    with closing(SqliteStore(tmp_path / "store.db")) as store:
+    with closing(SqliteDb(tmp_path / "store.db")) as store:
         mail = [NewMessage(CAROL, (NewRecipient(OUTSIDE, None),), b"x", "HQ", "HQ", "test", hop_count=n)
                 for n in (0, 7)]
         ids = store.enqueue(mail, now=1.0)
@@ -243,7 +243,7 @@ def test_the_store_keeps_the_hop_count_of_each_message(tmp_path: Path) -> None:
 
 def test_a_version_3_store_gets_hop_counts_of_zero(tmp_path: Path) -> None:
     path = old_store(tmp_path / "old.db", 3)
-    with closing(SqliteStore(path)) as store:
+    with closing(SqliteDb(path)) as store:
         assert store.version() >= 4
         store.enqueue([NewMessage(CAROL, (NewRecipient(OUTSIDE, None),), b"x", "HQ", "HQ", "t")],
                       now=1.0)

@@ -16,16 +16,17 @@ from typing import Any
 
 import pytest
 
-from gatepost.store import NewMessage, Store, open_store
+from gatepost.store import NewMessage, SqliteDb, SqliteStore, Store
 from hostile import ALICE, OUTSIDE, Client, Receiver, served_next, topology
 
 FULL = "452 4.3.1 Insufficient system storage"
 
 
 class Intercepted:
-    """A Store whose enqueue can be held after its commit, or made to fail."""
+    """The async store's SqliteDb, whose enqueue (one commit for every message
+    waiting) can be held after its commit, or made to fail."""
 
-    def __init__(self, inner: Store) -> None:
+    def __init__(self, inner: SqliteDb) -> None:
         self.inner = inner
         self.committed = threading.Event()  # a commit happened and is being held
         self.release = threading.Event()
@@ -38,7 +39,7 @@ class Intercepted:
         if self.failure is not None:
             raise self.failure
         if self.max_pages is not None:
-            self.inner._conn.execute(f"PRAGMA max_page_count = {self.max_pages}")  # type: ignore[attr-defined]
+            self.inner._conn.execute(f"PRAGMA max_page_count = {self.max_pages}")
         ids = self.inner.enqueue(messages, now)
         self.ids += ids
         self.committed.set()
@@ -49,17 +50,31 @@ class Intercepted:
         return getattr(self.inner, name)
 
 
+class InterceptedStore(SqliteStore):
+    """The async SqliteStore, its database on its worker thread `Intercepted`."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.intercepted: list[Intercepted] = []
+
+    def _on_worker(self) -> SqliteDb:
+        if self._db is None:
+            self.intercepted.append(Intercepted(SqliteDb(self.path, self.clock)))
+            self._db = self.intercepted[0]  # type: ignore[assignment]
+        return self._db
+
+
 def start(tmp: Path) -> tuple[Receiver, Intercepted]:
     topo = topology(tmp)
-    holder: list[Intercepted] = []
+    made: list[InterceptedStore] = []
 
     def factory() -> Store:
-        holder.append(Intercepted(open_store(topo.store)))
-        return holder[0]  # type: ignore[return-value]
+        made.append(InterceptedStore(Path(topo.store.removeprefix("sqlite:"))))
+        return made[0]
 
     receiver = Receiver(topo, store_factory=factory)
-    receiver.call(receiver.store.counts())  # the worker thread has made the store
-    return receiver, holder[0]
+    receiver.call(receiver.store.counts())  # the worker thread has made the database
+    return receiver, made[0].intercepted[0]
 
 
 @pytest.fixture
@@ -105,7 +120,7 @@ def test_250_is_sent_only_after_the_commit_returned(
         (sqlite3.OperationalError("database or disk is full"), FULL),
         (sqlite3.OperationalError("database is locked"), "451 4.3.0 Error: queue file write error"),
         (OSError(errno.ENOSPC, "No space left on device"), FULL),
-        (RuntimeError("AsyncStore is closed"), "451 4.3.0 Error: queue file write error"),
+        (RuntimeError("the store is closed"), "451 4.3.0 Error: queue file write error"),
     ],
 )
 def test_a_failed_commit_gets_a_4xx_never_a_250(

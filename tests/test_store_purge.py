@@ -2,7 +2,8 @@
 retention, final jobs after theirs, and a spool file that no message names (a
 receive process died in the middle of DATA) an hour after it was last written,
 not a week later; everything younger stays. Times are the store's `now`
-parameters and file times set with os.utime: nothing sleeps."""
+parameters (or the async store's wall clock) and file times set with os.utime:
+nothing sleeps."""
 
 from __future__ import annotations
 
@@ -17,16 +18,17 @@ import pytest
 
 from gatepost.store import (
     ROUTER,
-    AsyncStore,
+    Clock,
     Delivered,
     NewMessage,
     NewRecipient,
     SpoolWriter,
+    SqliteDb,
     SqliteStore,
     new_queue_id,
     schema,
+    sqlite_db,
 )
-from gatepost.store import sqlite as sqlite_module
 from gatepost.topology import TopologyError, load
 from support import old_store
 
@@ -36,23 +38,23 @@ LEASE = 60.0
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore(tmp_path / "var" / "queue.db")
+def store(tmp_path: Path) -> SqliteDb:
+    return SqliteDb(tmp_path / "var" / "queue.db")
 
 
-def enqueue(store: SqliteStore, now: float, recipients: int = 1) -> str:
+def enqueue(store: SqliteDb, now: float, recipients: int = 1) -> str:
     rcpts = tuple(NewRecipient(f"r{n}@ext.org", None) for n in range(recipients))
     new = NewMessage("a@hq.example", rcpts, b"Subject: t\r\n\r\nx\r\n", "HQ", "HQ", "gateway:GW1")
     [queue_id] = store.enqueue([new], now)
     return queue_id
 
 
-def deliver_all(store: SqliteStore, now: float) -> None:
+def deliver_all(store: SqliteDb, now: float) -> None:
     jobs = store.claim(ROUTER, "r", 1000, LEASE, now)
     store.complete([Delivered(job, "relay", "250 ok") for job in jobs], now)
 
 
-def spool_file(store: SqliteStore, written: float) -> Path:
+def spool_file(store: SqliteDb, written: float) -> Path:
     """A spool file whose message was never committed, last written at `written`."""
     writer = SpoolWriter(store.spool_path(new_queue_id()))
     writer.write(b"Subject: cut\r\n\r\nhalf a messa")
@@ -65,7 +67,7 @@ def spool_file(store: SqliteStore, written: float) -> Path:
 
 
 def test_trace_rows_older_than_their_retention_go_and_recent_ones_stay(
-    store: SqliteStore,
+    store: SqliteDb,
 ) -> None:
     old = enqueue(store, NOW - 31 * DAY)
     recent = enqueue(store, NOW - 29 * DAY)
@@ -76,7 +78,7 @@ def test_trace_rows_older_than_their_retention_go_and_recent_ones_stay(
 
 
 def test_trace_rows_outlive_the_final_jobs_when_their_retention_is_longer(
-    store: SqliteStore,
+    store: SqliteDb,
 ) -> None:
     queue_id = enqueue(store, NOW - 10 * DAY)
     deliver_all(store, NOW - 10 * DAY)
@@ -85,7 +87,7 @@ def test_trace_rows_outlive_the_final_jobs_when_their_retention_is_longer(
     assert [hop.event for hop in store.hops(queue_id)] == ["received", "delivered"]
 
 
-def test_without_a_trace_cutoff_trace_rows_go_with_the_final_jobs(store: SqliteStore) -> None:
+def test_without_a_trace_cutoff_trace_rows_go_with_the_final_jobs(store: SqliteDb) -> None:
     old = enqueue(store, NOW - 8 * DAY)
     recent = enqueue(store, NOW - 6 * DAY)
     store.purge(before=NOW - 7 * DAY, now=NOW)
@@ -94,9 +96,9 @@ def test_without_a_trace_cutoff_trace_rows_go_with_the_final_jobs(store: SqliteS
 
 
 def test_a_large_purge_deletes_in_bounded_transactions_and_misses_nothing(
-    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+    store: SqliteDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_module, "PURGE_CHUNK", 3)
+    monkeypatch.setattr(sqlite_db, "PURGE_CHUNK", 3)
     old = [enqueue(store, NOW - 40 * DAY, recipients=2) for _ in range(5)]  # 10 hops
     deliver_all(store, NOW - 40 * DAY)  # 10 final jobs, 10 more hops
     recent = enqueue(store, NOW - DAY)
@@ -106,8 +108,8 @@ def test_a_large_purge_deletes_in_bounded_transactions_and_misses_nothing(
     assert [entry.message_id for entry in store.queue()] == [recent]
 
 
-def test_the_purge_of_trace_rows_reads_an_index_not_the_whole_table(store: SqliteStore) -> None:
-    plan = store._conn.execute(f"EXPLAIN QUERY PLAN {sqlite_module._PURGE_HOPS}", (NOW, 10))
+def test_the_purge_of_trace_rows_reads_an_index_not_the_whole_table(store: SqliteDb) -> None:
+    plan = store._conn.execute(f"EXPLAIN QUERY PLAN {sqlite_db.Q['purge_hops']}", (NOW, 10))
     details = " ".join(row[3] for row in plan)
     assert "USING COVERING INDEX hops_by_time (at<?)" in details
     assert "SCAN hops" not in details
@@ -115,7 +117,7 @@ def test_the_purge_of_trace_rows_reads_an_index_not_the_whole_table(store: Sqlit
 
 def test_migration_5_indexes_trace_rows_by_time_in_an_existing_store(tmp_path: Path) -> None:
     path = old_store(tmp_path / "old.db", 4)
-    SqliteStore(path).close()
+    SqliteDb(path).close()
     with closing(sqlite3.connect(path)) as conn:
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.VERSION
@@ -125,7 +127,7 @@ def test_migration_5_indexes_trace_rows_by_time_in_an_existing_store(tmp_path: P
 # -- orphan spool files ----------------------------------------------------------
 
 
-def test_an_orphan_spool_file_goes_an_hour_after_it_was_written(store: SqliteStore) -> None:
+def test_an_orphan_spool_file_goes_an_hour_after_it_was_written(store: SqliteDb) -> None:
     orphan = spool_file(store, NOW - HOUR - 60)
     young = spool_file(store, NOW - HOUR + 60)  # its message may still be committed
     store.purge(before=NOW - 7 * DAY, now=NOW)
@@ -134,16 +136,28 @@ def test_an_orphan_spool_file_goes_an_hour_after_it_was_written(store: SqliteSto
 
 
 def test_the_routers_purge_call_removes_an_orphan_within_hours_not_a_week(
-    store: SqliteStore,
+    store: SqliteDb,
 ) -> None:
-    """`purge(before)` with the final retention's cutoff only, as the router
-    calls it: the orphan's hour counts from the time now."""
+    """The router's call (the retentions, on the async store's wall clock) and
+    `purge(before)` with the final retention's cutoff only: either way the
+    orphan's hour counts from the time now."""
+    orphan = spool_file(store, time.time() - 2 * HOUR)
+
+    async def routers_purge() -> None:
+        wrapped = SqliteStore(store.path)
+        try:
+            await wrapped.purge(final_retention=7 * DAY, trace_retention=30 * DAY)
+        finally:
+            await wrapped.aclose()
+
+    asyncio.run(routers_purge())
+    assert not orphan.exists()
     orphan = spool_file(store, time.time() - 2 * HOUR)
     store.purge(before=time.time() - 7 * DAY)
     assert not orphan.exists()
 
 
-def test_a_spool_file_a_committed_message_names_stays_however_old(store: SqliteStore) -> None:
+def test_a_spool_file_a_committed_message_names_stays_however_old(store: SqliteDb) -> None:
     queue_id = new_queue_id()
     writer = SpoolWriter(store.spool_path(queue_id))
     writer.write(b"Subject: big\r\n\r\n" + b"x" * 1000)
@@ -157,17 +171,19 @@ def test_a_spool_file_a_committed_message_names_stays_however_old(store: SqliteS
     assert store.content(queue_id).endswith(b"x" * 1000)
 
 
-# -- through AsyncStore, and the settings ------------------------------------------
+# -- through the async store, and the settings ------------------------------------
 
 
-def test_the_async_store_passes_every_cutoff_on(store: SqliteStore) -> None:
+def test_the_async_store_passes_every_cutoff_on(store: SqliteDb) -> None:
+    """The async store's purge takes retentions and counts them back from its
+    wall clock: final jobs, trace rows and orphans each get their own cutoff."""
     queue_id = enqueue(store, NOW - 2 * DAY)
     orphan = spool_file(store, NOW - 2 * HOUR)
 
     async def purge() -> int:
-        wrapped = AsyncStore(lambda: SqliteStore(store.path))
+        wrapped = SqliteStore(store.path, Clock(wall=lambda: NOW))
         try:
-            return await wrapped.purge(NOW - 7 * DAY, now=NOW, traces_before=NOW - DAY)
+            return await wrapped.purge(final_retention=7 * DAY, trace_retention=DAY)
         finally:
             await wrapped.aclose()
 

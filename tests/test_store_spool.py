@@ -13,12 +13,13 @@ import pytest
 
 from gatepost.store import (
     ROUTER,
+    Changes,
     Delivered,
     Moved,
     NewMessage,
     NewRecipient,
     SpoolWriter,
-    SqliteStore,
+    SqliteDb,
     new_queue_id,
     send_queue,
 )
@@ -28,11 +29,11 @@ BIG = b"Subject: big\r\n\r\n" + b"x" * 2_000_000 + b"\r\n"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    return SqliteStore(tmp_path / "var" / "queue.db")
+def store(tmp_path: Path) -> SqliteDb:
+    return SqliteDb(tmp_path / "var" / "queue.db")
 
 
-def spooled(store: SqliteStore, content: bytes = BIG, *rcpts: NewRecipient) -> NewMessage:
+def spooled(store: SqliteDb, content: bytes = BIG, *rcpts: NewRecipient) -> NewMessage:
     queue_id = new_queue_id()
     writer = SpoolWriter(store.spool_path(queue_id))
     for start in range(0, len(content), 65536):
@@ -42,13 +43,13 @@ def spooled(store: SqliteStore, content: bytes = BIG, *rcpts: NewRecipient) -> N
     return NewMessage("a@b.example", recipients, b"", "HQ", "HQ", "gateway:GW1", queue_id, path)
 
 
-def blob_sizes(store: SqliteStore) -> list[tuple[int, int, str | None]]:
+def blob_sizes(store: SqliteDb) -> list[tuple[int, int, str | None]]:
     with closing(sqlite3.connect(store.path)) as conn:
         sql = "SELECT size, length(content), content_file FROM messages ORDER BY id"
         return [tuple(row) for row in conn.execute(sql)]  # type: ignore[misc]
 
 
-def test_large_content_lives_in_a_file_beside_the_store_and_reads_back(store: SqliteStore) -> None:
+def test_large_content_lives_in_a_file_beside_the_store_and_reads_back(store: SqliteDb) -> None:
     [queue_id] = store.enqueue([spooled(store)], 1.0)
     assert store.spool == store.path.with_name("queue.db.spool")
     assert blob_sizes(store) == [(len(BIG), 0, queue_id)]
@@ -58,7 +59,7 @@ def test_large_content_lives_in_a_file_beside_the_store_and_reads_back(store: Sq
     assert store.queue()[0].size == len(BIG)
 
 
-def test_small_content_stays_in_the_row_and_opens_too(store: SqliteStore) -> None:
+def test_small_content_stays_in_the_row_and_opens_too(store: SqliteDb) -> None:
     small = NewMessage("a@b.example", (NewRecipient("bob@ext.org", None),), b"hi\r\n",
                        "HQ", "HQ", "cli")
     [queue_id] = store.enqueue([small], 1.0)
@@ -67,7 +68,7 @@ def test_small_content_stays_in_the_row_and_opens_too(store: SqliteStore) -> Non
     assert not store.spool.exists() or not any(store.spool.iterdir())
 
 
-def test_moves_and_mailbox_delivery_never_copy_the_file(store: SqliteStore) -> None:
+def test_moves_and_mailbox_delivery_never_copy_the_file(store: SqliteDb) -> None:
     message = spooled(store, BIG, NewRecipient("carol@sales", "SALES/carol"))
     [queue_id] = store.enqueue([message], 1.0)
     inode = os.stat(store.spool_path(queue_id)).st_ino
@@ -83,15 +84,15 @@ def test_moves_and_mailbox_delivery_never_copy_the_file(store: SqliteStore) -> N
         assert file.read() == BIG
 
 
-def test_delete_removes_the_file(store: SqliteStore) -> None:
+def test_delete_removes_the_file(store: SqliteDb) -> None:
     [queue_id] = store.enqueue([spooled(store)], 1.0)
-    assert store.set_state([queue_id], "delete", 2.0) == 1
+    assert store.set_state([queue_id], "delete", 2.0) == Changes(now=1)
     assert not store.spool_path(queue_id).exists()
     with pytest.raises(KeyError):
         store.content(queue_id)
 
 
-def test_purge_removes_delivered_files_and_old_orphans(store: SqliteStore) -> None:
+def test_purge_removes_delivered_files_and_old_orphans(store: SqliteDb) -> None:
     [queue_id] = store.enqueue([spooled(store)], 1.0)
     job = store.claim(send_queue("GW1"), "s", 10, LEASE, 2.0) or store.claim(ROUTER, "s", 10, LEASE, 2.0)
     store.complete([Delivered(job[0], "relay", "250 ok")], 3.0)
@@ -105,7 +106,7 @@ def test_purge_removes_delivered_files_and_old_orphans(store: SqliteStore) -> No
     assert young.exists()  # may still await its commit in another process
 
 
-def test_an_orphan_file_is_never_read_as_a_message(store: SqliteStore) -> None:
+def test_an_orphan_file_is_never_read_as_a_message(store: SqliteDb) -> None:
     orphan = spooled(store)
     assert store.claim(ROUTER, "r", 10, LEASE, 2.0) == []
     with pytest.raises(KeyError):
@@ -113,7 +114,7 @@ def test_an_orphan_file_is_never_read_as_a_message(store: SqliteStore) -> None:
 
 
 def test_enqueue_refuses_a_file_that_is_not_its_own_spool_file(
-    store: SqliteStore, tmp_path: Path
+    store: SqliteDb, tmp_path: Path
 ) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_bytes(b"x")
@@ -124,7 +125,7 @@ def test_enqueue_refuses_a_file_that_is_not_its_own_spool_file(
     assert blob_sizes(store) == []
 
 
-def test_a_discarded_spool_file_is_gone(store: SqliteStore) -> None:
+def test_a_discarded_spool_file_is_gone(store: SqliteDb) -> None:
     writer = SpoolWriter(store.spool_path(new_queue_id()))
     writer.write(b"partial")
     writer.discard()
