@@ -301,13 +301,13 @@ def test_a_host_slower_than_the_lease_gets_one_copy(
 ) -> None:
     """The final dot's reply takes four leases: the claim is renewed while the
     host is silent, so no other worker takes the message and sends it again."""
-    monkeypatch.setattr(policy, "LEASE", 1.0)
     for name in ("REPLY_TIMEOUT", "FINAL_TIMEOUT"):
         monkeypatch.setattr(outbound, name, 30.0)
     host.script.trouble, host.script.trouble_at, host.script.slow = "slow", "dot", 4.0
 
     async def main() -> None:
-        async with Harness(tmp_path, f'smarthost = "{host.address}"\nmax_sessions = 4') as h:
+        gateway = f'smarthost = "{host.address}"\nmax_sessions = 4'
+        async with Harness(tmp_path, gateway, queue='lease = "1s"') as h:
             qid = await h.submit(ALICE, [RCPT], subject="slow")
             await h.settled(qid, "delivered", RCPT)
             await asyncio.sleep(2.0)  # room for a second worker's copy, were there one

@@ -98,9 +98,8 @@ def test_a_crash_looping_role_waits_longer_each_time_the_others_serve_and_sigter
         lines = exits(run, "capture")
     times = [logged_at(line) for line in lines]
     gaps = [later - earlier for earlier, later in pairwise(times)]
-    # gap n: the pause (1, 2, 4, 8 s) plus one failed start (about 0.5 s)
-    assert gaps[0] < gaps[1] < gaps[2] < gaps[3], gaps
-    assert gaps[2] >= 2 * gaps[0] and gaps[3] >= 2 * gaps[1], gaps
+    # gap n: the pause (1, 2, 4, 8 s) plus one failed start (seconds on a loaded machine)
+    assert all(gap >= pause - 0.1 for gap, pause in zip(gaps, (1, 2, 4, 8))), gaps
     assert [re.sub(r".* in ", "", line) for line in lines] == ["1 s", "2 s", "4 s", "8 s", "16 s"]
     assert back_after < 6.0, "a role killed during another's 8 s pause must not wait for it"
     assert stopped_after < 10.0, "SIGTERM must end a 16 s pause at once"

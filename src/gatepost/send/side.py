@@ -24,10 +24,9 @@ from itertools import groupby
 from typing import TypeVar
 
 from gatepost import notify, policy
-from gatepost.send import credentials, deliverylog
+from gatepost.send import credentials, deliverylog, outbound
 from gatepost.send.mx import MxResolver, NoMailHost
 from gatepost.send.outbound import (
-    FINAL_TIMEOUT,
     DotWithheld,
     HandshakeFailed,
     Outbound,
@@ -358,7 +357,7 @@ class SendSide:
         rcpts = [job.address for job in jobs]
         try:
             replies = await link.session.transact(
-                first.sender, rcpts, content, lambda: attempt.before_dot(jobs, FINAL_TIMEOUT)
+                first.sender, rcpts, content, lambda: attempt.before_dot(jobs, outbound.FINAL_TIMEOUT)
             )
         finally:
             if not isinstance(content, bytes):

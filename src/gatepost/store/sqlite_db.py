@@ -272,13 +272,12 @@ class SqliteDb:
     def set_state(self, message_ids: Sequence[str], action: str, now: float) -> Changes:
         if action not in ADMIN_ACTIONS:
             raise ValueError(f"unknown action {action!r}; expected one of {list(ADMIN_ACTIONS)}")
-        changes, files = Changes(), []
+        changes, files = Changes(), list[str]()
         with self._write() as conn:
             for message_id in dict.fromkeys(message_ids):
                 for row in conn.execute(Q["admin_rows"], (message_id,)).fetchall():
-                    changes += _admin(conn, action, (message_id, *row), now)
-                if action == "delete":
-                    files += _drop_unused(conn, [message_id])
+                    changed, removed = _admin(conn, action, (message_id, *row), now)
+                    changes, files = changes + changed, files + removed
         spool.remove(self.spool, files)
         return changes
 
@@ -490,31 +489,33 @@ def _waited(
     return _do(conn, action, (where[0], where[1]), now)
 
 
-def _admin(conn: sqlite3.Connection, action: str, row: Row, now: float) -> Changes:
+def _admin(
+    conn: sqlite3.Connection, action: str, row: Row, now: float
+) -> tuple[Changes, list[str]]:
     """An admin action on one job row (message_id, rcpt_id, address, location,
-    state, pending): now, later (it waits for the attempt), or not at all."""
+    state, pending): now, later (it waits for the attempt), or not at all; and
+    the spool files to remove once committed."""
     message_id, rcpt_id, address, location, state, pending = row
     where, key = (message_id, rcpt_id, address, location), (message_id, rcpt_id)
     if state == "active":
         if action in ("hold", "delete", "requeue"):
             conn.execute(Q["set_pending"], (stronger(pending, action), *key))
             _hop(conn, where, now, f"{action} requested", REQUESTED)
-            return Changes(later=1)
+            return Changes(later=1), []
         if action == "release" and pending == "hold":
             conn.execute(Q["set_pending"], (None, *key))
             _hop(conn, where, now, "release", WITHDRAWN)
-            return Changes(now=1)
-        return Changes()
+            return Changes(now=1), []
+        return Changes(), []
     applies = {"hold": ("incoming", "deferred"), "delete": ("incoming", "deferred", "hold"),
                "requeue": ("incoming", "deferred"), "release": ("hold",), "flush": ("deferred",)}
     if state not in applies[action]:
-        return Changes()
+        return Changes(), []
+    _hop(conn, where, now, action, BY_ADMIN)
     if action == "flush":
         conn.execute(Q["flush"], (now, now, *key))
-    else:
-        _do(conn, action, key, now)
-    _hop(conn, where, now, action, BY_ADMIN)
-    return Changes(now=1)
+        return Changes(now=1), []
+    return Changes(now=1), _do(conn, action, key, now)
 
 
 def _apply(conn: sqlite3.Connection, outcome: Outcome, now: float) -> list[str]:
