@@ -171,6 +171,7 @@ class SendSide:
         link: Link | None = None
         try:
             while not stop.is_set():
+                claimed = time.monotonic()
                 jobs = await self.store.claim(self.queue, self.owner, PER_CLAIM, self.timing.lease)
                 if not jobs:
                     more = await idle(self.store, self.queue, self.wakeup, stop, KEEP_OPEN)
@@ -178,7 +179,7 @@ class SendSide:
                         await self.release(link)
                         link = None
                     continue
-                async with Attempt(self.store, jobs, self.timing.lease) as attempt:
+                async with Attempt(self.store, jobs, self.timing.lease, claimed) as attempt:
                     for destination, group in by_destination(jobs, self.mx is not None):
                         link = await self.deliver(attempt, link, destination, group)
         finally:

@@ -57,11 +57,12 @@ class Attempt:
     `before_dot` extends one message's lease past the final reply's timeout,
     and says whether the final dot may go. Durations are monotonic."""
 
-    def __init__(self, store: Workers, jobs: list[Job], lease: float) -> None:
+    def __init__(self, store: Workers, jobs: list[Job], lease: float, claimed: float) -> None:
+        """`claimed`: time.monotonic() when the claim was asked for."""
         self.store = store
         self.lease = lease
         self.open = {key_of(job): job for job in jobs}  # not yet decided
-        self.held_until = time.monotonic() + lease  # at the latest (the claim came before)
+        self.held_until = claimed + lease  # the lease ends no earlier than this
         self.lost: set[JobKey] = set()
         self.pending: dict[JobKey, str] = {}
         self._renewing: asyncio.Task[None] | None = None
@@ -94,24 +95,24 @@ class Attempt:
     async def _renew_often(self) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
+            started = time.monotonic()
             try:
                 await self.renew(list(self.open.values()), self.lease)
             except Exception as error:  # noqa: BLE001 - try again at the next third
                 log.warning("could not renew %d leases: %s", len(self.open), error)
+            else:  # what is still held (the lost are in `lost`) is held this much longer
+                self.held_until = max(self.held_until, started + self.lease)
 
     async def renew(self, jobs: Sequence[Job], lease: float) -> bool:
         """Renew `jobs` for `lease` seconds; True when every one is still held."""
         if not jobs:
             return True
-        started = time.monotonic()
         renewal = await self.store.renew(jobs, lease)
         lost = {key_of(job) for job in renewal.lost(jobs)}
         self.lost |= lost
         for job in jobs:
             self.pending.pop(key_of(job), None)
         self.pending.update(renewal.pending)
-        if not lost and len(jobs) == len(self.open):
-            self.held_until = max(self.held_until, started + lease)
         return not lost
 
     async def before_dot(self, jobs: Sequence[Job], final_wait: float) -> str | None:

@@ -3,8 +3,9 @@
 Does: run every call of one SqliteDb on ONE dedicated worker thread (the
 database is opened there), so the event loop never blocks on SQLite or fsync.
 Writes from concurrent callers are gathered: every `enqueue` waiting is
-written by one transaction with one fsync, and every `complete` waiting by
-one transaction of its own; each caller awaits only its own part. While a
+written by one transaction with one fsync, and every `complete` (and every
+`renew`) waiting by one transaction of its own; each caller awaits only its
+own part. While a
 batch is being committed, new arrivals wait for the next one; nobody sleeps
 on a timer. If a commit fails, the batch is tried again one caller at a time,
 so one bad message fails only its caller (who then answers no 250).
@@ -106,6 +107,9 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatepost-store")
         self._enqueues: Gathered[NewMessage, str] = Gathered(self._enqueue, max_batch)
         self._completes: Gathered[Completion, list[str]] = Gathered(self._complete, max_batch)
+        self._renewals: Gathered[tuple[Sequence[Job], float], Renewal] = Gathered(
+            lambda requests: self._call(lambda db: db.renew_all(requests)), max_batch
+        )
         self._closing = False  # refuse new mail; what waits is still committed
         self._closed = False
 
@@ -141,7 +145,7 @@ class SqliteStore:
         return await self._call(lambda db: db.claim(queue, owner, limit, lease, self.clock.wall()))
 
     async def renew(self, jobs: Sequence[Job], lease: float) -> Renewal:
-        return await self._call(lambda db: db.renew(jobs, lease))
+        return await self._renewals.add((jobs, lease))
 
     async def complete(
         self,
@@ -247,6 +251,7 @@ class SqliteStore:
         self._closing = True
         await self._enqueues.drained()
         await self._completes.drained()
+        await self._renewals.drained()
         loop = asyncio.get_running_loop()
         self._closed = True
         await loop.run_in_executor(self._executor, self._close_on_worker)

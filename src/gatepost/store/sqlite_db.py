@@ -151,18 +151,12 @@ class SqliteDb:
         return [_job(row, owner, token) for row in rows]
 
     def renew(self, jobs: Sequence[Job], lease: float) -> Renewal:
-        held: set[JobKey] = set()
-        pending: dict[JobKey, str] = {}
+        return self.renew_all([(jobs, lease)])[0]
+
+    def renew_all(self, requests: Sequence[tuple[Sequence[Job], float]]) -> list[Renewal]:
+        """Several attempts' renewals (jobs, lease) in one transaction."""
         with self._write() as conn:
-            until = self.clock.lease() + lease
-            for job in jobs:
-                key = (job.message_id, job.rcpt_id)
-                row = conn.execute(Q["renew"], (until, *key, job.token)).fetchone()
-                if row is not None:
-                    held.add(key)
-                    if row[0]:
-                        pending[key] = row[0]
-        return Renewal(frozenset(held), pending)
+            return [_renew(conn, jobs, self.clock.lease() + lease) for jobs, lease in requests]
 
     def complete(
         self,
@@ -374,6 +368,19 @@ def prepare(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _renew(conn: sqlite3.Connection, jobs: Sequence[Job], until: float) -> Renewal:
+    held: set[JobKey] = set()
+    pending: dict[JobKey, str] = {}
+    for job in jobs:
+        key = (job.message_id, job.rcpt_id)
+        row = conn.execute(Q["renew"], (until, *key, job.token)).fetchone()
+        if row is not None:
+            held.add(key)
+            if row[0]:
+                pending[key] = row[0]
+    return Renewal(frozenset(held), pending)
 
 
 def _stored_boot(conn: sqlite3.Connection) -> str | None:
