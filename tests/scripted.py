@@ -8,6 +8,12 @@ replies, STARTTLS (with a trustme certificate) and AUTH PLAIN/LOGIN checked
 against one user and password. It can misbehave at any stage of a session
 (see TROUBLES and STAGES). It records every message it accepted: one whose
 final reply it sent clean, after a DATA phase without other trouble.
+
+A test can also stop the host at a stage: `Script.pause` makes it wait there
+before every reply, `ScriptedHost.hold_at` until the test says `go` (to act
+while, say, the 354 or the reply to the final dot is held back). The host
+counts what it saw: the stages reached, final dots received, sessions closed
+after a 354 but before the dot, transactions open at once.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import ssl
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +38,8 @@ import dns.rrset
 
 from gatepost.router import Router
 from gatepost.send import SendSide
-from gatepost.store import AsyncStore, Hop, NewMessage, NewRecipient, SqliteStore
+from gatepost.store import Clock as StoreClock
+from gatepost.store import Hop, NewMessage, NewRecipient, SqliteStore
 from gatepost.topology import load
 
 T = TypeVar("T")
@@ -52,6 +60,7 @@ SENT_AFTER = {  # trouble -> what the host sends after its reply
     "extra reply": b"250 2.0.0 unasked for\r\n",
 }
 TROUBLES = (*SENT_INSTEAD, *SENT_AFTER, "reset", "silent")  # reset: RST; silent: never answers
+HELD_AT_MOST = 120.0  # seconds a session waits at a stage the host is held at
 
 
 class Hangup(Exception):
@@ -73,6 +82,10 @@ class Script:
     trouble_at: str = "greeting"  # one of STAGES; at "content": after its first line
     trouble_times: int | None = None  # how many times (None: every time)
     slow: float = 0.3  # seconds a "slow" reply is late
+    pause: dict[str, float] = field(default_factory=dict)  # stage -> seconds the host
+    # waits there before its reply, every time ("DATA": the 354; "dot": the final reply)
+    dot_replies: list[str] = field(default_factory=list)  # replies to the final dots in
+    # turn (each used once), then `data_reply`
 
 
 @dataclass
@@ -98,6 +111,13 @@ class ScriptedHost:
         self.refused = 0  # connections answered 421
         self.greeted = 0
         self.troubles = 0  # times the host misbehaved as its script says
+        self.reached: Counter[str] = Counter()  # stage -> times a session got there
+        # (a command of that stage arrived; "content": a first line; "dot": the final dot)
+        self.without_dot = 0  # sessions that ended after a 354, before the final dot
+        self.transacting = 0  # sessions now inside a transaction (MAIL taken, not ended)
+        self.peak_transacting = 0
+        self.history: list[str] = []  # what happened, in order: "MAIL", "354", "dot", "no dot"
+        self.gates: dict[str, asyncio.Event] = {}  # stage -> held until `go`
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -144,6 +164,37 @@ class ScriptedHost:
         line = f"Subject: {subject}\r\n".encode()
         return sum(line in message.content for message in self.received)
 
+    @property
+    def dots(self) -> int:
+        """How many final dots the host received (accepted or not)."""
+        return self.reached["dot"]
+
+    def hold_at(self, stage: str) -> None:
+        """Sessions that reach `stage` (one the host replies at: any of STAGES but
+        "content") wait there, before their reply, until `go(stage)` (at most
+        HELD_AT_MOST seconds)."""
+        self.call(self._arm(stage))
+
+    async def _arm(self, stage: str) -> None:
+        self.gates[stage] = asyncio.Event()
+
+    def go(self, stage: str) -> None:
+        """Let the sessions held at `stage` go on; later ones pass it."""
+        self.call(self._go(stage))
+
+    async def _go(self, stage: str) -> None:
+        gate = self.gates.pop(stage, None)
+        if gate is not None:
+            gate.set()
+
+    async def wait_reached(self, stage: str, count: int = 1, timeout: float = 60.0) -> None:
+        """In the test's loop: wait until sessions got to `stage` `count` times."""
+        deadline = time.monotonic() + timeout
+        while self.reached[stage] < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the host never reached {stage} {count} times: {self.history}")
+            await asyncio.sleep(0.02)
+
     def trouble_due(self) -> str | None:
         """The trouble to cause now (counted), if the script holds one still."""
         times = self.script.trouble_times
@@ -155,6 +206,7 @@ class ScriptedHost:
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        talk: _Session | None = None
         self.sessions.add(task)
         self.open += 1
         self.peak = max(self.peak, self.open)
@@ -166,10 +218,16 @@ class ScriptedHost:
                 await writer.drain()
                 return
             self.greeted += 1
-            await _Session(self, reader, writer).run()
-        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError, Hangup):
+            talk = _Session(self, reader, writer)
+            await talk.run()
+        except Hangup:
+            if talk is not None:
+                talk.in_data = False  # the host ended it: not a client closing before its dot
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass
         finally:
+            if talk is not None:
+                talk.end_transaction(closed=True)
             self.open -= 1
             self.sessions.discard(task)
             writer.close()
@@ -184,12 +242,41 @@ class _Session:
         self.sender: str | None = None
         self.recipients: list[str] = []
         self.misbehaved = False  # during DATA: the message that follows is not recorded
+        self.transacting = False  # MAIL was taken and the transaction has not ended
+        self.in_data = False  # the 354 went out and the final dot has not come
 
     async def reply(self, *lines: str) -> None:
         if self.script.delay:
             await asyncio.sleep(self.script.delay)
         self.writer.write(wire(lines))
         await self.writer.drain()
+
+    async def at(self, stage: str, counted: bool = False) -> None:
+        """A session got to `stage`: counted (unless it was already); it waits
+        there while the host is held at that stage, and for the script's pause."""
+        if not counted:
+            self.host.reached[stage] += 1
+        gate = self.host.gates.get(stage)
+        if gate is not None:
+            await asyncio.wait_for(gate.wait(), HELD_AT_MOST)
+        if self.script.pause.get(stage):
+            await asyncio.sleep(self.script.pause[stage])
+
+    def begin_transaction(self) -> None:
+        if not self.transacting:
+            self.transacting = True
+            self.host.transacting += 1
+            self.host.peak_transacting = max(self.host.peak_transacting, self.host.transacting)
+
+    def end_transaction(self, closed: bool = False) -> None:
+        """The transaction ended (its final reply, RSET, a new MAIL, or the session's end)."""
+        if self.in_data and closed:
+            self.host.without_dot += 1
+            self.host.history.append("no dot")
+        self.in_data = False
+        if self.transacting:
+            self.transacting = False
+            self.host.transacting -= 1
 
     def trouble(self, stage: str) -> str | None:
         """The trouble to cause at `stage`, if any."""
@@ -200,6 +287,7 @@ class _Session:
 
     async def answer(self, stage: str, *lines: str) -> bool:
         """Reply with `lines` at `stage`, or misbehave as the script says there."""
+        await self.at(stage)
         return await self.answer_with(self.trouble(stage), *lines)
 
     async def answer_with(self, trouble: str | None, *lines: str) -> bool:
@@ -288,6 +376,10 @@ class _Session:
         sender = arg.split(":", 1)[1].split(">")[0].lstrip(" <")
         self.sender = sender if self.script.mail_reply.startswith("2") else None
         self.recipients = []
+        self.end_transaction()
+        self.host.history.append("MAIL")
+        if self.sender is not None:
+            self.begin_transaction()
         await self.answer("MAIL", self.script.mail_reply)
 
     async def do_rcpt(self, arg: str) -> None:
@@ -303,15 +395,24 @@ class _Session:
             return
         if not await self.answer("DATA", "354 go on"):
             return
-        content, trouble = await self.content(), self.trouble("dot")
-        accepted = self.script.data_reply.startswith("2") and not self.misbehaved
+        self.in_data = True
+        self.host.history.append("354")
+        content = await self.content()
+        self.in_data = False
+        self.host.reached["dot"] += 1
+        self.host.history.append("dot")
+        trouble = self.trouble("dot")
+        final = self.script.dot_replies.pop(0) if self.script.dot_replies else self.script.data_reply
+        accepted = final.startswith("2") and not self.misbehaved
         if accepted and trouble in (None, *SENT_AFTER):
             port = self.writer.get_extra_info("sockname")[1]
             self.host.received.append(
                 Received(self.sender, self.recipients, content, self.tls, self.user, port)
             )
         self.sender, self.recipients = None, []
-        await self.answer_with(trouble, self.script.data_reply)
+        await self.at("dot", counted=True)  # the copy is the host's once the dot came; its reply may wait
+        await self.answer_with(trouble, final)
+        self.end_transaction()
 
     async def content(self) -> bytes:
         """The message, unstuffed; the "content" trouble comes after its first line."""
@@ -320,6 +421,8 @@ class _Session:
             if not data:
                 raise ConnectionError("closed in DATA")
             lines.append(data[1:] if data.startswith(b".") else data)
+            if len(lines) == 1:
+                self.host.reached["content"] += 1
             if len(lines) == 1 and (trouble := self.trouble("content")) is not None:
                 await self.answer_with(trouble)
                 if trouble != "slow":  # whatever came instead of content ends it
@@ -328,6 +431,7 @@ class _Session:
 
     async def do_rset(self, arg: str) -> None:
         self.sender, self.recipients = None, []
+        self.end_transaction()
         await self.answer("RSET", "250 2.0.0 ok")
 
     async def do_noop(self, arg: str) -> None:
@@ -431,14 +535,17 @@ class Clock:
 class Harness:
     """The router and GW1's send side, running on a store under `root`."""
 
-    def __init__(self, root: Path, gateway: str, delivery: str = "", clock: Callable[[], float] = time.time) -> None:
-        config = root / "gatepost.toml"
-        config.write_text(TOPOLOGY.format(gateway=gateway, delivery=delivery))
-        self.topo = load(config)
+    def __init__(self, root: Path, gateway: str, delivery: str = "",
+                 clock: Callable[[], float] = time.time, queue: str = "") -> None:
+        """`queue`: the body of the topology's [queue] table (none when empty)."""
+        self.config = root / "gatepost.toml"
+        queue_table = f"\n[queue]\n{queue}\n" if queue else ""
+        self.config.write_text(TOPOLOGY.format(gateway=gateway, delivery=delivery) + queue_table)
+        self.topo = load(self.config)
         self.clock = clock
-        path = Path(self.topo.store.removeprefix("sqlite:"))
+        self.path = path = Path(self.topo.store.removeprefix("sqlite:"))  # the SQLite file
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.store = AsyncStore(lambda: SqliteStore(path), clock=clock)
+        self.store = SqliteStore(path, StoreClock(wall=clock))
         self.stop = asyncio.Event()
         self.send = SendSide(self.topo, self.topo.gateways["GW1"], self.store, clock=clock)
         self.router = Router(self.topo, self.store, wake_send=lambda g: self.send.wake())
