@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 STATES = ("incoming", "active", "deferred", "hold", "delivered", "bounced")
+NON_FINAL = ("incoming", "active", "deferred", "hold")
+FINAL = ("delivered", "bounced")
 ROUTER = "router"
 
 
@@ -210,6 +212,23 @@ class Hop:
 
 ADMIN_ACTIONS = ("hold", "release", "flush", "requeue", "delete")
 WAITING_ORDER = ("requeue", "hold", "delete")  # of two actions waiting, the later one here wins
+# The states an action that may wait for an attempt changes at once.
+AT_ONCE = {
+    "hold": ("incoming", "deferred"),
+    "requeue": ("incoming", "deferred"),
+    "delete": ("incoming", "deferred", "hold"),
+}
+# What the trace says of admin actions (hop details).
+BY_ADMIN = "admin"
+WAITS = "admin: waits for the attempt in progress"
+AFTER_ATTEMPT = "admin, after the attempt"
+CANCELLED = "admin: attempt cancelled before its final dot"
+WITHDRAWN = "admin: the hold waiting for the attempt is withdrawn"
+
+
+def ended_it(state: str) -> str:
+    """The trace detail of an admin action dropped: its attempt ended in `state`."""
+    return f"admin: the attempt ended it ({state})"
 
 
 def stronger(waiting: str | None, action: str) -> str:

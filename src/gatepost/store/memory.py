@@ -23,8 +23,16 @@ from typing import BinaryIO, TypeVar
 from . import schema, spool
 from .base import (
     ADMIN_ACTIONS,
+    AFTER_ATTEMPT,
+    AT_ONCE,
+    BY_ADMIN,
+    CANCELLED,
+    FINAL,
+    NON_FINAL,
     ROUTER,
     STATES,
+    WAITS,
+    WITHDRAWN,
     Bounced,
     Cancelled,
     Changes,
@@ -41,25 +49,13 @@ from .base import (
     QueueEntry,
     QueueKey,
     Renewal,
+    ended_it,
     key_of,
     stronger,
 )
 from .clock import Clock
 from .ids import QUEUE_IDS
 
-NON_FINAL = ("incoming", "active", "deferred", "hold")
-FINAL = ("delivered", "bounced")
-# The admin actions that wait for an attempt, and the states they change at once.
-AT_ONCE = {
-    "hold": ("incoming", "deferred"),
-    "requeue": ("incoming", "deferred"),
-    "delete": ("incoming", "deferred", "hold"),
-}
-AFTER = "admin, after the attempt"
-CANCELLED = "admin: attempt cancelled before its final dot"
-WAITS = "admin: waits for the attempt in progress"
-WITHDRAWN = "admin: the hold waiting for the attempt is withdrawn"
-ORPHAN_GRACE = 3600.0  # seconds a spool file without a message may still await its enqueue
 _START: QueueKey = (float("-inf"), "", -1)  # before every job
 T = TypeVar("T")
 
@@ -177,7 +173,7 @@ class MemoryStore:
         now, lease_now = self.clock.wall(), self.clock.lease()
         for row in self._rows(queue, "active"):
             if row.expired(lease_now) and row.pending is not None:
-                self._act(row, row.pending, AFTER, now)  # that attempt is over
+                self._act(row, row.pending, AFTER_ATTEMPT, now)  # that attempt is over
         expired = [r for r in self._rows(queue, "active") if r.expired(lease_now)]
         deferred = [r for r in self._rows(queue, "deferred") if r.due(now)]
         deferred.sort(key=lambda r: (r.next_attempt or 0.0, r.order))
@@ -262,13 +258,13 @@ class MemoryStore:
             row.unlease(now)
             self._hop(row, "moved", detail, now)
         if pending is not None:
-            self._act(row, pending, AFTER, now)
+            self._act(row, pending, AFTER_ATTEMPT, now)
 
     def _held(self, row: _Row, outcome: Held, now: float) -> None:
         """Set aside by its attempt; a delete that waited is applied instead, and
         any other waiting action is dropped."""
         if row.pending == "delete":
-            self._act(row, "delete", AFTER, now)
+            self._act(row, "delete", AFTER_ATTEMPT, now)
             return
         row.state = "hold"
         row.unlease(now)
@@ -295,7 +291,7 @@ class MemoryStore:
             detail = _detail(outcome.relay, outcome.reply)
             self._hop(row, row.state, detail, now, job.location)
         if pending is not None:
-            ended = f"admin: the attempt ended it ({row.state})"
+            ended = ended_it(row.state)
             self._hop(row, f"{pending} dropped", ended, now)
 
     def _act(self, row: _Row, action: str, detail: str, now: float) -> None:
@@ -310,7 +306,7 @@ class MemoryStore:
             row.state = "hold"
         row.unlease(now)
 
-    def _end_attempt(self, row: _Row, now: float, detail: str = AFTER) -> None:
+    def _end_attempt(self, row: _Row, now: float, detail: str = AFTER_ATTEMPT) -> None:
         """An attempt ended with no outcome: the admin action waiting for it, if
         any; else the job is incoming again."""
         if row.pending is not None:
@@ -322,20 +318,20 @@ class MemoryStore:
     def _admin(self, row: _Row, action: str, now: float) -> Changes:
         """One admin action on one job: what changed now, or waits for its attempt."""
         if row.state in AT_ONCE.get(action, ()):
-            self._act(row, action, "admin", now)
+            self._act(row, action, BY_ADMIN, now)
         elif action in AT_ONCE and row.state == "active":
             row.pending, row.updated = stronger(row.pending, action), now
             self._hop(row, f"{action} requested", WAITS, now)
             return Changes(later=1)
         elif action == "release" and row.state == "hold":
             row.state, row.next_attempt, row.updated = "incoming", None, now
-            self._hop(row, "release", "admin", now)
+            self._hop(row, "release", BY_ADMIN, now)
         elif action == "release" and row.state == "active" and row.pending == "hold":
             row.pending, row.updated = None, now
             self._hop(row, "release", WITHDRAWN, now)
         elif action == "flush" and row.state == "deferred":
             row.next_attempt = row.updated = now
-            self._hop(row, "flush", "admin", now)
+            self._hop(row, "flush", BY_ADMIN, now)
         else:
             return Changes()
         return Changes(now=1)
@@ -358,7 +354,7 @@ class MemoryStore:
         ]  # fmt: skip
         for row in rows:  # only an active job has an owner, or an action waiting
             if row.pending is not None:
-                self._act(row, row.pending, AFTER, now)
+                self._act(row, row.pending, AFTER_ATTEMPT, now)
             else:
                 self._act(row, "requeue", f"from {queue}", now)
         return len(rows)
@@ -402,7 +398,7 @@ class MemoryStore:
         self._hops = [hop for hop in self._hops if hop.at >= now - trace_retention]
         if self._spool is not None:  # files written for messages never enqueued
             named = self._messages.__contains__
-            for path in spool.orphans(self._spool, named, now - ORPHAN_GRACE):
+            for path in spool.orphans(self._spool, named, now - spool.ORPHAN_GRACE):
                 path.unlink(missing_ok=True)
         return len(gone)
 

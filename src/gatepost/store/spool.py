@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+ORPHAN_GRACE = 3600.0  # seconds a spool file no message names may still await its commit
+
 
 def folder_of(database: Path) -> Path:
     return database.with_name(database.name + ".spool")

@@ -39,7 +39,14 @@ from typing import Any, BinaryIO
 from . import queries, schema, spool
 from .base import (
     ADMIN_ACTIONS,
+    AFTER_ATTEMPT,
+    AT_ONCE,
+    BY_ADMIN,
+    CANCELLED,
+    NON_FINAL,
     STATES,
+    WAITS,
+    WITHDRAWN,
     Bounced,
     Cancelled,
     Changes,
@@ -56,26 +63,18 @@ from .base import (
     QueueEntry,
     QueueKey,
     Renewal,
+    ended_it,
     stronger,
 )
 from .clock import Clock, boot_id
 from .connect import begin, opened
 from .ids import QUEUE_IDS
+from .spool import ORPHAN_GRACE
 
-NON_FINAL = ("incoming", "active", "deferred", "hold")
 Row = tuple[Any, ...]
 Q = queries.load("sqlite.sql")
-ORPHAN_GRACE = 3600.0  # seconds a spool file without a row may still await its commit
 PURGE_CHUNK = 5000  # rows deleted per transaction: a purge never holds the write lock long
 _QUEUE_START: QueueKey = (float("-inf"), "", -1)  # before every job
-
-# Hop details of admin actions (event, detail)
-BY_ADMIN = "admin"
-REQUESTED = "admin: waits for the attempt in progress"
-AFTER_ATTEMPT = "admin, after the attempt"
-CANCELLED = "admin: attempt cancelled before its final dot"
-WITHDRAWN = "admin: the hold waiting for the attempt is withdrawn"
-
 
 class DamagedMessage(Exception):
     """A message's content is not what was stored: it must not go out in part."""
@@ -505,17 +504,16 @@ def _admin(
     message_id, rcpt_id, address, location, state, pending = row
     where, key = (message_id, rcpt_id, address, location), (message_id, rcpt_id)
     if state == "active":
-        if action in ("hold", "delete", "requeue"):
+        if action in AT_ONCE:
             conn.execute(Q["set_pending"], (stronger(pending, action), *key))
-            _hop(conn, where, now, f"{action} requested", REQUESTED)
+            _hop(conn, where, now, f"{action} requested", WAITS)
             return Changes(later=1), []
         if action == "release" and pending == "hold":
             conn.execute(Q["set_pending"], (None, *key))
             _hop(conn, where, now, "release", WITHDRAWN)
             return Changes(now=1), []
         return Changes(), []
-    applies = {"hold": ("incoming", "deferred"), "delete": ("incoming", "deferred", "hold"),
-               "requeue": ("incoming", "deferred"), "release": ("hold",), "flush": ("deferred",)}
+    applies = {**AT_ONCE, "release": ("hold",), "flush": ("deferred",)}
     if state not in applies[action]:
         return Changes(), []
     _hop(conn, where, now, action, BY_ADMIN)
@@ -538,7 +536,7 @@ def _apply(conn: sqlite3.Connection, outcome: Outcome, now: float) -> list[str]:
         _final(conn, outcome, now)
         if pending:
             ended = "delivered" if isinstance(outcome, Delivered) else "bounced"
-            _hop(conn, where, now, f"{pending} dropped", f"admin: the attempt ended it ({ended})")
+            _hop(conn, where, now, f"{pending} dropped", ended_it(ended))
         return []
     if state != "active" or not mine:  # a stale attempt: a newer one holds the job
         return []
