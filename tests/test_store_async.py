@@ -34,11 +34,13 @@ LEASE = 60.0
 
 
 class Recorder:
-    """Patches SqliteDb: records each enqueue and complete batch (its size) and
+    """Patches SqliteDb: records each enqueue batch and each batch of completes
+    and renewals (`write_all`, recorded as "complete"), by size, and
     the thread of every call; `gate`, when set up, holds each write until it
     is set; `failures[write]` makes that many of those writes raise first."""
 
     WRITES = ("enqueue", "complete")
+    RECORDED_AS = {"enqueue": "enqueue", "write_all": "complete"}
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.batches: dict[str, list[int]] = {write: [] for write in self.WRITES}
@@ -57,14 +59,14 @@ class Recorder:
     def _wrap(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         def call(db: SqliteDb, *args: Any, **kwargs: Any) -> Any:
             self.threads.add(threading.get_ident())
-            if name in self.WRITES:
-                return self._write(name, method, db, *args, **kwargs)
+            if name in self.RECORDED_AS:
+                return self._write(self.RECORDED_AS[name], method, db, *args, **kwargs)
             return method(db, *args, **kwargs)
 
         return call
 
     def _write(self, name: str, method: Callable[..., Any], db: SqliteDb, *args: Any) -> Any:
-        items = args[0]  # enqueue(messages, now); complete(outcomes, now, new, warnings)
+        items = args[0]  # enqueue(messages, now); write_all(work, now): one item per caller
         self.batches[name].append(len(items))
         self.started.set()
         if self.gate is not None:

@@ -194,6 +194,7 @@ class SendSide:
         if link is not None and link.destination != destination:
             await self.release(link)
             link = None
+        committing: list[asyncio.Future[None]] = []  # the next message need not wait
         try:
             for group in by_message(jobs, lambda job: job):
                 if attempt.gone(group):  # another attempt has it now: not ours to send
@@ -206,16 +207,17 @@ class SendSide:
                     outcomes = self.withheld(group, withheld.why)
                     await self.release(link, polite=False)
                     link = None
-                await self.record(attempt, outcomes)
+                committing.append(self.record(attempt, outcomes))
         except NoMailHost as error:
             reply = policy.no_mail_host(error.why, error.domain, error.detail)
-            await self.record(attempt, self.undecided(attempt, jobs, reply, ""))
+            committing.append(self.record(attempt, self.undecided(attempt, jobs, reply, "")))
         except Exception as error:  # noqa: BLE001 - the host's doing or a bug: this session only
             relay = str(link.target) if link else ""
             reply = self.ended(link, error) if link else reply_for(error)
-            await self.record(attempt, self.undecided(attempt, jobs, reply, relay))
+            committing.append(self.record(attempt, self.undecided(attempt, jobs, reply, relay)))
             await self.release(link, polite=False)
             link = None
+        await asyncio.gather(*committing)
         link = await self.spent(link)
         if link is not None and link.gate.open > link.gate.capacity():
             await self.release(link)
@@ -389,9 +391,14 @@ class SendSide:
             link.gate.leave()
             self.freed.set()
 
-    async def record(self, attempt: Attempt, outcomes: list[Outcome]) -> None:
-        """Commit one message's outcomes (with the reports they call for)."""
+    def record(self, attempt: Attempt, outcomes: list[Outcome]) -> asyncio.Future[None]:
+        """Commit one message's outcomes (with the reports they call for), in
+        the background; they count as decided at once (no more renewals: the
+        final dot's extension covers the commit)."""
         attempt.decided(o.job for o in outcomes)
+        return asyncio.ensure_future(self.commit(outcomes))
+
+    async def commit(self, outcomes: list[Outcome]) -> None:
         if not outcomes:
             return
         now = self.clock()

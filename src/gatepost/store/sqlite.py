@@ -3,9 +3,8 @@
 Does: run every call of one SqliteDb on ONE dedicated worker thread (the
 database is opened there), so the event loop never blocks on SQLite or fsync.
 Writes from concurrent callers are gathered: every `enqueue` waiting is
-written by one transaction with one fsync, and every `complete` (and every
-`renew`) waiting by one transaction of its own; each caller awaits only its
-own part. While a
+written by one transaction with one fsync, and every `complete` and `renew`
+waiting by one transaction of their own; each caller awaits only its own part. While a
 batch is being committed, new arrivals wait for the next one; nobody sleeps
 on a timer. If a commit fails, the batch is tried again one caller at a time,
 so one bad message fails only its caller (who then answers no 250).
@@ -36,12 +35,11 @@ from .base import (
 )
 from .clock import Clock
 from .spool import read_head
-from .sqlite_db import SqliteDb
+from .sqlite_db import Complete, Renew, SqliteDb
 
 T = TypeVar("T")
 R = TypeVar("R")
 MAX_BATCH = 256
-Completion = tuple[Sequence[Outcome], Sequence[NewMessage], Sequence[tuple[str, NewMessage]]]
 
 
 class Gathered(Generic[T, R]):
@@ -106,9 +104,8 @@ class SqliteStore:
         self._db: SqliteDb | None = None  # touched only on the worker thread
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatepost-store")
         self._enqueues: Gathered[NewMessage, str] = Gathered(self._enqueue, max_batch)
-        self._completes: Gathered[Completion, list[str]] = Gathered(self._complete, max_batch)
-        self._renewals: Gathered[tuple[Sequence[Job], float], Renewal] = Gathered(
-            lambda requests: self._call(lambda db: db.renew_all(requests)), max_batch
+        self._writes: Gathered[Renew | Complete, Renewal | list[str]] = Gathered(
+            lambda work: self._call(lambda db: db.write_all(work, self.clock.wall())), max_batch
         )
         self._closing = False  # refuse new mail; what waits is still committed
         self._closed = False
@@ -145,7 +142,9 @@ class SqliteStore:
         return await self._call(lambda db: db.claim(queue, owner, limit, lease, self.clock.wall()))
 
     async def renew(self, jobs: Sequence[Job], lease: float) -> Renewal:
-        return await self._renewals.add((jobs, lease))
+        renewal = await self._writes.add(Renew(jobs, lease))
+        assert isinstance(renewal, Renewal)
+        return renewal
 
     async def complete(
         self,
@@ -153,23 +152,9 @@ class SqliteStore:
         new: Sequence[NewMessage] = (),
         warnings: Sequence[tuple[str, NewMessage]] = (),
     ) -> list[str]:
-        return await self._completes.add((outcomes, new, warnings))
-
-    def _complete(self, batch: list[Completion]) -> asyncio.Future[list[list[str]]]:
-        """One transaction for every waiting completion; each gets its own ids."""
-        outcomes = [o for each, _, _ in batch for o in each]
-        new = [m for _, each, _ in batch for m in each]
-        warnings = [w for _, _, each in batch for w in each]
-
-        def write(db: SqliteDb) -> list[list[str]]:
-            ids = db.complete(outcomes, self.clock.wall(), new, warnings)
-            split, start = [], 0
-            for _, each, _ in batch:
-                split.append(ids[start : start + len(each)])
-                start += len(each)
-            return split
-
-        return self._call(write)
+        ids = await self._writes.add(Complete(outcomes, new, warnings))
+        assert isinstance(ids, list)
+        return ids
 
     async def content(self, message_id: str) -> bytes:
         return await self._call(lambda db: db.content(message_id))
@@ -250,8 +235,7 @@ class SqliteStore:
             return
         self._closing = True
         await self._enqueues.drained()
-        await self._completes.drained()
-        await self._renewals.drained()
+        await self._writes.drained()
         loop = asyncio.get_running_loop()
         self._closed = True
         await loop.run_in_executor(self._executor, self._close_on_worker)

@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -75,6 +76,23 @@ Row = tuple[Any, ...]
 Q = queries.load("sqlite.sql")
 PURGE_CHUNK = 5000  # rows deleted per transaction: a purge never holds the write lock long
 _QUEUE_START: QueueKey = (float("-inf"), "", -1)  # before every job
+
+@dataclass(frozen=True, slots=True)
+class Renew:
+    """One attempt's renewal: its jobs, for `lease` more seconds."""
+
+    jobs: Sequence[Job]
+    lease: float
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """One attempt's outcomes, with the messages (reports) they call for."""
+
+    outcomes: Sequence[Outcome]
+    new: Sequence[NewMessage] = ()
+    warnings: Sequence[tuple[str, NewMessage]] = ()
+
 
 class DamagedMessage(Exception):
     """A message's content is not what was stored: it must not go out in part."""
@@ -150,12 +168,9 @@ class SqliteDb:
         return [_job(row, owner, token) for row in rows]
 
     def renew(self, jobs: Sequence[Job], lease: float) -> Renewal:
-        return self.renew_all([(jobs, lease)])[0]
-
-    def renew_all(self, requests: Sequence[tuple[Sequence[Job], float]]) -> list[Renewal]:
-        """Several attempts' renewals (jobs, lease) in one transaction."""
-        with self._write() as conn:
-            return [_renew(conn, jobs, self.clock.lease() + lease) for jobs, lease in requests]
+        renewal = self.write_all([Renew(jobs, lease)], time.time())[0]
+        assert isinstance(renewal, Renewal)
+        return renewal
 
     def complete(
         self,
@@ -164,13 +179,27 @@ class SqliteDb:
         new: Sequence[NewMessage] = (),
         warnings: Sequence[tuple[str, NewMessage]] = (),
     ) -> list[str]:
-        with self._write() as conn:
-            files = [f for outcome in outcomes for f in _apply(conn, outcome, now)]
-            first = [w for m, w in warnings if conn.execute(Q["warn_once"], (m,)).rowcount]
-            added = [*new, *first]
-            ids = _insert_messages(conn, added, now) if added else []
-        spool.remove(self.spool, files)
+        ids = self.write_all([Complete(outcomes, new, warnings)], now)[0]
+        assert isinstance(ids, list)
         return ids
+
+    def write_all(self, work: Sequence[Renew | Complete], now: float) -> list[Renewal | list[str]]:
+        """Several attempts' renewals and outcomes in one transaction: for each, its
+        Renewal, or the ids of the new messages its outcomes called for."""
+        files: list[str] = []
+        results: list[Renewal | list[str]] = []
+        with self._write() as conn:
+            for each in work:
+                if isinstance(each, Renew):
+                    results.append(_renew(conn, each.jobs, self.clock.lease() + each.lease))
+                    continue
+                files += [f for outcome in each.outcomes for f in _apply(conn, outcome, now)]
+                first = [w for m, w in each.warnings if conn.execute(Q["warn_once"], (m,)).rowcount]
+                added = [*each.new, *first]
+                ids = _insert_messages(conn, added, now) if added else []
+                results.append(ids[: len(each.new)])
+        spool.remove(self.spool, files)
+        return results
 
     def owners(self, queue: str) -> set[str]:
         return {row[0] for row in self._conn.execute(Q["owners"], (queue,)).fetchall()}
