@@ -14,7 +14,7 @@ import dataclasses
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -40,7 +40,7 @@ class Recorder:
     is set; `failures[write]` makes that many of those writes raise first."""
 
     WRITES = ("enqueue", "complete")
-    RECORDED_AS = {"enqueue": "enqueue", "write_all": "complete"}
+    RECORDED_AS: ClassVar[dict[str, str]] = {"enqueue": "enqueue", "write_all": "complete"}
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.batches: dict[str, list[int]] = {write: [] for write in self.WRITES}
