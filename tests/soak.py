@@ -14,6 +14,17 @@ land; none of them may ever be delivered. At the end the queue must drain;
 at most the jobs in flight (leased) at the kills. Used by tests/test_crash.py
 with a few hundred messages.
 
+    .venv/bin/python tests/soak.py --modes slow --slow-messages 300 --kills 20
+
+In mode "slow" the smart host (tests/unruly.py --dot-delay) answers every final
+dot SLOW_DOT seconds late, longer than the store's lease (SLOW_LEASE, the
+topology's [queue] lease), and every message goes out to it: an attempt must
+hold its lease however long the host takes, or a second attempt would send the
+message again. The host keeps a message whose client left while the reply to
+its final dot was due (a real MTA queued it before answering), and counts it as
+in flight; `in_flight` is that count, summed over the kills: the bound on
+duplicates.
+
     .venv/bin/python tests/soak.py --purge 5 --messages 20000 --kills 10
 
 `--purge SECONDS` shortens the retentions (final jobs, trace rows, orphan spool
@@ -30,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import random
 import re
 import signal
@@ -45,7 +57,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LEASE = 4.0  # seconds; the store's lease, shortened so a killed worker's jobs return soon
+LEASE = 4.0  # seconds; [queue] lease, shortened so a killed worker's jobs return soon
 TOPOLOGY = """\
 [network]
 name = "SOAK"
@@ -68,10 +80,14 @@ smarthost = "127.0.0.1:{smarthost}"
 serves = ["HQ", "SALES"]
 relay_from = ["127.0.0.0/8"]
 max_per_session = {per_session}
+max_sessions = {sessions}
 
 [delivery]
 retry_min = 1
 retry_max = 2
+{retentions}
+[queue]
+lease = "{lease}s"
 """
 CAPTURE = """
 [capture]
@@ -79,6 +95,10 @@ listen = "127.0.0.1:{smarthost}"
 dir = "var/captured"
 """
 UNRULY = 0.5  # mode "unruly": the share of the smart host's sessions that misbehave
+SLOW_LEASE = 2.0  # mode "slow": the lease, seconds...
+SLOW_DOT = 3.0  # ...and how late the smart host answers each final dot: later than a lease
+SLOW_SESSIONS = 20  # mode "slow": max_sessions (each session carries a message per SLOW_DOT)
+SLOW_DRAIN = 900.0  # mode "slow": seconds the queue may take to drain after the load
 RETENTIONS = "final_retention = {0}\ntrace_retention = {0}\n"
 RECIPIENTS = ("alice@hq.soak.example", "carol@sales.soak.example", "someone@example.org")
 OUTSIDE = ("someone@example.org", "other@example.net")  # --purge: nothing stays in a mailbox
@@ -86,17 +106,17 @@ FLAT = 0.2  # --purge: growth per message after the warm-up, as a share of the w
 BIG_HALF = 1_600_000  # --purge: a half session's bytes: past SPOOL_ABOVE and the
 # core's last Content piece (256 KiB) it leaves behind, so in a spool file
 SPLIT = ("router", "gateway:GW1", "capture")
-UNRULY_ROLES = ("router", "gateway:GW1")  # the smart host is tests/unruly.py
+UNRULY_ROLES = ("router", "gateway:GW1")  # the smart host is tests/unruly.py (also "slow")
 ALL_IN_ONE = ("router,gateway:GW1,capture",)
 TOKEN = re.compile(rb"^X-Soak-Id: (\S+)\r?$", re.MULTILINE)
 LAUNCH = """if True:
     import sys
     import gatepost.policy as policy
-    import gatepost.store.sqlite as sqlite
-    policy.LEASE = float(sys.argv.pop(1))
+    import gatepost.store.spool as spool
+    import gatepost.store.sqlite_db as sqlite_db
     retention = float(sys.argv.pop(1))  # 0: as configured
     if retention:  # the [delivery] retentions are in the topology; these are not settings
-        sqlite.ORPHAN_GRACE = retention
+        spool.ORPHAN_GRACE = sqlite_db.ORPHAN_GRACE = retention
         policy.PURGE_EVERY = retention / 5
     from gatepost.cli import main
     sys.argv[0] = "gatepost"
@@ -122,7 +142,7 @@ class Process:
     def start(self) -> None:
         mark = self.log.stat().st_size
         self.popen = subprocess.Popen(
-            [sys.executable, "-c", LAUNCH, str(LEASE), str(self.retention), "-c",
+            [sys.executable, "-c", LAUNCH, str(self.retention), "-c",
              str(self.config), "run", "--only", self.roles],
             stdout=self.handle, stderr=subprocess.STDOUT,
         )
@@ -155,6 +175,7 @@ class Tally:
     half: list[str] = field(default_factory=list)  # tokens left in the middle of DATA
     in_flight_at_kills: int = 0
     kills: list[str] = field(default_factory=list)
+    host_marks: list[int] = field(default_factory=list)  # "slow": the host's in-flight count at each kill
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -368,6 +389,8 @@ class Result:
     in_flight: int
     waiting: int
     bounced: int
+    per_kill: list[int] = field(default_factory=list)  # "slow": in flight at each kill (host's count)
+    unexplained: int = 0  # "slow": extra copies of messages that were not in flight at a kill
     growth: Growth | None = None  # --purge only
     sizes: list[tuple[float, int, int]] = field(default_factory=list)  # --purge: Sizes.samples
 
@@ -375,46 +398,82 @@ class Result:
     def ok(self) -> bool:
         flat = self.growth is None or (self.growth.long_enough and self.growth.share <= FLAT)
         return (self.lost == 0 and self.half_delivered == 0 and self.waiting == 0
-                and self.bounced == 0 and self.duplicated <= self.in_flight and flat)
+                and self.bounced == 0 and self.duplicated <= self.in_flight
+                and self.unexplained == 0 and flat)
 
 
-def unruly_host(root: Path, port: int, seed: int | None) -> subprocess.Popen[bytes]:
-    """tests/unruly.py as the smart host: a share of its sessions misbehave."""
+def unruly_host(root: Path, port: int, seed: int | None, misbehave: float = UNRULY,
+                dot_delay: float = 0.0) -> subprocess.Popen[bytes]:
+    """tests/unruly.py as the smart host: a share of its sessions misbehave (mode
+    "unruly"), or every final dot is answered `dot_delay` seconds late ("slow")."""
     log = (root / "unruly.log").open("ab")
     host = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("unruly.py")), "--listen",
          f"127.0.0.1:{port}", "--dir", str(root / "var" / "unruly"), "--seed", str(seed or 0),
-         "--misbehave", str(UNRULY)], stdout=subprocess.PIPE, stderr=log)
+         "--misbehave", str(misbehave), "--dot-delay", str(dot_delay)],
+        stdout=subprocess.PIPE, stderr=log)
     assert host.stdout is not None
     if host.stdout.readline().strip() != b"ready":
         raise RuntimeError(f"the unruly smart host did not start: {root / 'unruly.log'}")
     return host
 
 
+IN_FLIGHT = re.compile(r"^unruly: in flight when the client left \(reply [^)]*\): (.*)$",
+                       re.MULTILINE)  # tests/unruly.py's line for each such message
+
+
+def host_in_flight(root: Path) -> Counter[str]:
+    """Tokens the slow smart host saw in flight when their client left, so far
+    (a token twice when it was in flight at two kills)."""
+    log = root / "unruly.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return Counter(token for ids in IN_FLIGHT.findall(text) for token in ids.split())
+
+
+def wait_until_sent_out(root: Path, count: float, timeout: float) -> None:
+    """Wait until the slow host has accepted `count` messages (or `timeout` passed)."""
+    deadline = time.monotonic() + timeout
+    while (len(list((root / "var" / "unruly").glob("*.eml"))) < count
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+
+
+def smart_host(root: Path, mode: str, port: int, seed: int | None) -> subprocess.Popen[bytes] | None:
+    if mode == "unruly":
+        return unruly_host(root, port, seed)
+    if mode == "slow":
+        return unruly_host(root, port, seed, misbehave=0.0, dot_delay=SLOW_DOT)
+    return None  # the capture sink, a gatepost role
+
+
 def soak(root: Path, mode: str, messages: int, kills: int, clients: int = 6,
          seed: int | None = None, retention: float = 0.0) -> Result:
     """One run: `mode` is "split" (router, gateway, capture processes), "all" (one
-    process) or "unruly" (router and gateway processes; a smart host that
-    misbehaves in one session of two); `retention` > 0 purges with that
-    retention and samples the store's size."""
+    process), "unruly" (router and gateway processes; a smart host that
+    misbehaves in one session of two) or "slow" (router and gateway processes; a
+    smart host that answers each final dot later than a lease); `retention` > 0
+    purges with that retention and samples the store's size."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
     listen, smarthost = free_port(), free_port()
     config = root / "soak.toml"
+    slow = mode == "slow"
     per_session = 5 if mode == "unruly" else 100  # unruly: more sessions, more trouble
-    config.write_text(TOPOLOGY.format(listen=listen, smarthost=smarthost, per_session=per_session)
-                      + ("" if mode == "unruly" else CAPTURE.format(smarthost=smarthost))
-                      + (RETENTIONS.format(retention) if retention else ""))
+    config.write_text(TOPOLOGY.format(listen=listen, smarthost=smarthost, per_session=per_session,
+                                      sessions=SLOW_SESSIONS if slow else 8,
+                                      lease=SLOW_LEASE if slow else LEASE,
+                                      retentions=RETENTIONS.format(retention) if retention else "")
+                      + ("" if mode in ("unruly", "slow") else CAPTURE.format(smarthost=smarthost)))
     db = root / "var" / "soak.db"
-    roles = {"split": SPLIT, "all": ALL_IN_ONE, "unruly": UNRULY_ROLES}[mode]
+    roles = {"split": SPLIT, "all": ALL_IN_ONE, "unruly": UNRULY_ROLES, "slow": UNRULY_ROLES}[mode]
     processes = [Process(config, role, retention) for role in roles]
-    host = unruly_host(root, smarthost, seed) if mode == "unruly" else None
+    host = smart_host(root, mode, smarthost, seed)
     for process in processes:
         process.start()
     tally, stop = Tally(), threading.Event()
     sizes = Sizes(db, tally)
     tokens = [f"{mode}-{n}" for n in range(messages)]
-    recipients = OUTSIDE if retention else RECIPIENTS
+    recipients = OUTSIDE if retention or slow else RECIPIENTS  # slow: all to the slow host
     loaders = [threading.Thread(target=load, args=(listen, tokens[i::clients], tally, recipients))
                for i in range(clients)]
     halves = [threading.Thread(target=half_sessions,
@@ -427,8 +486,12 @@ def soak(root: Path, mode: str, messages: int, kills: int, clients: int = 6,
         victims = rng.sample(processes, len(processes))  # each process at least once
         victims += [rng.choice(processes) for _ in range(kills - len(victims))]
         for target, victim in zip(kill_at, victims, strict=False):
+            if slow:  # the load is in long before the slow host has it: kill while it is sent
+                wait_until_sent_out(root, target, SLOW_DRAIN)
             while len(tally.sent) < target and any(t.is_alive() for t in loaders):
                 time.sleep(0.01)
+            if slow:
+                tally.host_marks.append(host_in_flight(root).total())
             victim.kill()
             tally.in_flight_at_kills += leased(db) + clients  # leased jobs + one DATA per client
             tally.kills.append(victim.roles)
@@ -440,7 +503,7 @@ def soak(root: Path, mode: str, messages: int, kills: int, clients: int = 6,
         stop.set()
         for thread in halves:
             thread.join()
-        waiting = drain(db, (180 if host else 60) + 2 * LEASE)
+        waiting = drain(db, SLOW_DRAIN if slow else (180 if host else 60) + 2 * LEASE)
     finally:
         for process in processes:
             process.stop()
@@ -448,6 +511,13 @@ def soak(root: Path, mode: str, messages: int, kills: int, clients: int = 6,
             host.terminate()
             host.wait(30)
     copies = delivered(root)
+    in_flight = host_in_flight(root)
+    if slow:  # the bound counted where it happens: at the smart host
+        marks = [*tally.host_marks, in_flight.total()]
+        tally.in_flight_at_kills = marks[-1]
+        per_kill = [later - earlier for earlier, later in itertools.pairwise(marks)]
+    else:
+        per_kill = []
     acked = tally.acked
     bounced = int(str(query(db, "SELECT count(*) FROM jobs WHERE state = 'bounced'")[0][0]))
     return Result(
@@ -461,6 +531,8 @@ def soak(root: Path, mode: str, messages: int, kills: int, clients: int = 6,
         half_delivered=sum(1 for t in tally.half if copies[t]),
         kills=len(tally.kills),
         in_flight=tally.in_flight_at_kills,
+        per_kill=per_kill,
+        unexplained=sum(max(copies[t] - 1 - in_flight[t], 0) for t in tokens) if slow else 0,
         waiting=waiting,
         bounced=max(bounced, logged_bounces(root)),
         growth=growth(sizes.samples, 2 * retention) if retention else None,
@@ -484,8 +556,10 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=25000, help="per mode")
     parser.add_argument("--unruly-messages", type=int, default=3000,
                         help="in mode unruly (slower: a session in two misbehaves)")
+    parser.add_argument("--slow-messages", type=int, default=300,
+                        help=f"in mode slow (each message waits {SLOW_DOT:g} s for its reply)")
     parser.add_argument("--kills", type=int, default=20, help="kill -9 per mode")
-    parser.add_argument("--modes", default="split,all,unruly")
+    parser.add_argument("--modes", default="split,all,unruly,slow")
     parser.add_argument("--dir", type=Path, default=Path("/tmp/gatepost-soak"))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--purge", type=float, default=0.0, metavar="SECONDS",
@@ -493,17 +567,23 @@ def main() -> int:
                              "samples the store's size, which must stay flat (default: off)")
     args = parser.parse_args()
     started = time.monotonic()
-    results = [soak(args.dir / mode, mode,
-                    args.unruly_messages if mode == "unruly" else args.messages, args.kills,
+    counts = {"unruly": args.unruly_messages, "slow": args.slow_messages}
+    results = [soak(args.dir / mode, mode, counts.get(mode, args.messages), args.kills,
                     seed=args.seed, retention=args.purge)
                for mode in args.modes.split(",")]
     print(table(results))
+    for result in results:
+        if result.mode == "slow":
+            print(f"slow: final dot answered after {SLOW_DOT:g} s, lease {SLOW_LEASE:g} s; "
+                  f"in flight at the smart host at each kill: {result.per_kill}; duplicates "
+                  f"of messages not in flight at a kill: {result.unexplained} (must be 0)")
     for result in results:
         if result.growth is not None:
             print(f"{result.mode}: store size {result.growth}\n  (seconds, messages sent, MiB) "
                   f"{trajectory(result.sizes)}")
     print(f"({time.monotonic() - started:.0f} s; in_flight = jobs leased at the kills plus one "
-          "DATA per client: the bound on duplicates)")
+          "DATA per client: the bound on duplicates; in mode slow, the messages whose "
+          "final-dot reply was in flight when the smart host lost their client)")
     failed = [r.mode for r in results if not r.ok]
     print("FAILED: " + ", ".join(failed) if failed else "OK: nothing acknowledged was lost")
     return 1 if failed else 0

@@ -15,6 +15,16 @@ is then one file DIR/<name>.eml (written as DIR/.<name>.eml.tmp, then renamed):
 then the content, dot-unstuffed. Trouble before or instead of that 250 records
 nothing (the sender must retry); garbage after it still counts as accepted (the
 sender must not send it again). Prints `ready` once listening; stops on SIGTERM.
+
+    python tests/unruly.py ... --misbehave 0 --dot-delay 3     (soak mode "slow")
+
+With `--dot-delay SECONDS` every reply to a final dot comes that late, and the
+host behaves like a real MTA that queued the message before answering: a message
+whose final dot arrived is kept even when its client has gone by the time the
+reply is due. A message whose reply was IN FLIGHT when its client left (the
+reply not sent yet, or sent with no word from the client after it before the
+connection ended) is logged as `in flight when the client left (reply ...): IDS`;
+those are the messages a client killed at that moment may send again.
 """
 
 from __future__ import annotations
@@ -66,6 +76,7 @@ BANNER = b"SSH-2.0-OpenSSH_9.2p1\r\n"
 MALFORMED = (b"2.0.0 ok\r\n", b"OK then\r\n", b"25\r\n", b"25O 2.0.0 ok\r\n", b"\xff\xfe\x00\r\n")
 GARBAGE = b"this is not SMTP\r\n\x00\xff\xfe binary junk\r\n* OK IMAP4rev1\r\n"
 SOAK_ID = re.compile(rb"^X-Soak-Id: (\S+)\r?$", re.MULTILINE)
+IN_FLIGHT = "in flight when the client left"  # the log line of each such message
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,14 +120,18 @@ class Session:
         self.sender: str | None = None
         self.recipients: list[str] = []
         self.provoked = False  # the 451 to MAIL that makes the client send RSET
+        self.answered: bytes | None = None  # the last message answered 250, until the client speaks
 
     async def run(self) -> None:
         if await self.answer("greeting", GREETING) is Said.ENDED:
             return
         while line := await self.reader.readline():
+            self.answered = None  # the client spoke after the reply: it had read it
             verb, _, argument = line.decode("utf-8", "surrogateescape").strip().partition(" ")
             if not await self.command(verb.upper(), argument):
                 return
+        if self.answered is not None:  # the client left without a word after a 250 to a dot
+            self.host.left_in_flight(self.answered, "sent")
 
     async def command(self, verb: str, argument: str) -> bool:
         """Answer one command; False when the session is over."""
@@ -176,12 +191,19 @@ class Session:
 
     async def finish(self, content: bytes) -> bool:
         temporary = self.host.write_temporary(self.sender or "", self.recipients, content)
+        if self.host.dot_delay:
+            await asyncio.sleep(self.host.dot_delay)
+            if self.reader.at_eof():  # gone while its reply was due: the message stays queued
+                self.host.keep(temporary)
+                self.host.left_in_flight(content, "not sent")
+                return False
         try:
             said = await self.answer("dot", b"250 2.0.0 accepted\r\n",
                                      lambda: self.host.keep(temporary))
         finally:
             temporary.unlink(missing_ok=True)  # gone already when kept
         self.sender, self.recipients = None, []
+        self.answered = content if said is Said.NORMAL else None
         return said is not Said.ENDED
 
     def due(self, stage: str) -> str | None:
@@ -256,10 +278,12 @@ class UnrulyHost:
     """The server; `start()` on port 0 in tests. `accepted` lists the files kept."""
 
     def __init__(self, directory: Path, seed: int = 0, misbehave: float = 0.3,
-                 plan: Plan | None = None) -> None:
+                 plan: Plan | None = None, dot_delay: float = 0.0) -> None:
         self.directory, self.seed, self.misbehave = directory, seed, misbehave
         self.plan = plan  # when set, every session follows it (tests)
+        self.dot_delay = dot_delay  # seconds before every reply to a final dot
         self.accepted: list[Path] = []
+        self.in_flight: list[bytes] = []  # content of messages in flight when their client left
         self.finished = 0  # sessions ended
         self.port = 0
         self.server: asyncio.Server | None = None
@@ -312,6 +336,12 @@ class UnrulyHost:
         kept = temporary.rename(self.directory / temporary.name[1 : -len(".tmp")])
         self.accepted.append(kept)
 
+    def left_in_flight(self, content: bytes, reply: str) -> None:
+        """The client of `content` left while the reply to its final dot was in flight."""
+        self.in_flight.append(content)
+        ids = b" ".join(SOAK_ID.findall(content)).decode(errors="replace") or "(no X-Soak-Id)"
+        log.info("%s (reply %s): %s", IN_FLIGHT, reply, ids)
+
 
 def accepted_ids(directory: Path) -> Counter[str]:
     """How many accepted copies of each X-Soak-Id the directory holds."""
@@ -323,12 +353,12 @@ def accepted_ids(directory: Path) -> Counter[str]:
 
 @contextlib.contextmanager
 def running(directory: Path, seed: int = 0, misbehave: float = 0.0,
-            plan: Plan | None = None) -> Iterator[UnrulyHost]:
+            plan: Plan | None = None, dot_delay: float = 0.0) -> Iterator[UnrulyHost]:
     """An UnrulyHost on 127.0.0.1 port 0, served by a thread of its own."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    host = UnrulyHost(directory, seed, misbehave, plan)
+    host = UnrulyHost(directory, seed, misbehave, plan, dot_delay)
     try:
         asyncio.run_coroutine_threadsafe(host.start(), loop).result(10)
         yield host
@@ -349,7 +379,8 @@ async def serve_until_stopped(host: str, port: int, server: UnrulyHost) -> None:
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     await stop.wait()
     await server.stop()
-    log.info("stopped: %d messages accepted", len(server.accepted))
+    log.info("stopped: %d messages accepted, %d of them %s", len(server.accepted),
+             len(server.in_flight), IN_FLIGHT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,10 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, required=True, help="where accepted mail goes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--misbehave", type=float, default=0.3, help="share of sessions")
+    parser.add_argument("--dot-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="answer every final dot this late (default: at once)")
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
     logging.basicConfig(level=logging.INFO, format="unruly: %(message)s", stream=sys.stderr)
-    server = UnrulyHost(args.dir, args.seed, args.misbehave)
+    server = UnrulyHost(args.dir, args.seed, args.misbehave, dot_delay=args.dot_delay)
     asyncio.run(serve_until_stopped(host.strip("[]"), int(port), server))
     return 0
 
