@@ -21,7 +21,15 @@ import click
 
 from gatepost import submit, views
 from gatepost.send.deliverylog import FORMAT_VARIABLE
-from gatepost.store import STATES, QueueEntry, QueueKey, Store, StoreDamaged, open_store
+from gatepost.store import (
+    STATES,
+    QueueEntry,
+    QueueKey,
+    Store,
+    StoreBehind,
+    StoreDamaged,
+    open_store,
+)
 from gatepost.topology import (
     AddressError,
     Native,
@@ -75,13 +83,16 @@ def with_store(topo: Topology, work: Callable[[Store], Awaitable[T]]) -> T:
     """Run `work` on the store (opened for it, closed after)."""
 
     async def run() -> T:
-        store = open_store(topo.store)
+        store = open_store(topo.store, migrate=False)  # only `gatepost run` upgrades it
         try:
             return await work(store)
         finally:
             await store.aclose()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except StoreBehind as error:
+        raise click.ClickException(f"network.store {topo.store}: {error}") from error
 
 
 def deferred_ids(topo: Topology) -> tuple[str, ...]:

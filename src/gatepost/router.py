@@ -28,12 +28,13 @@ from gatepost.store import (
     leases,
     send_queue,
 )
-from gatepost.store.waiting import idle
+from gatepost.store.waiting import idle, wait_any
 from gatepost.topology import NoRoute, Topology, outbound_gateway, path
 
 log = logging.getLogger("gatepost.router")
 
 BATCH = 512
+STORE_PAUSE = 1.0  # seconds the router waits after the store failed
 
 
 def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome]:
@@ -88,13 +89,17 @@ class Router:
         await leases.reclaim(self.store, ROUTER)
         timing, purged = self.topo.queue, -float("inf")
         while not stop.is_set():
-            if time.monotonic() - self.checked >= timing.heartbeat:
-                await self.failover()
-            if time.monotonic() - purged >= policy.PURGE_EVERY:
-                purged = time.monotonic()
-                await self.purge()
-            if not await self.step():
-                await idle(self.store, ROUTER, self.wakeup, stop, timing.heartbeat)
+            try:
+                if time.monotonic() - self.checked >= timing.heartbeat:
+                    await self.failover()
+                if time.monotonic() - purged >= policy.PURGE_EVERY:
+                    purged = time.monotonic()
+                    await self.purge()
+                if not await self.step():
+                    await idle(self.store, ROUTER, self.wakeup, stop, timing.heartbeat)
+            except Exception as error:  # noqa: BLE001 - the store failed for a moment: wait
+                log.warning("the store failed: %s; trying again in %g s", error, STORE_PAUSE)
+                await wait_any(stop, stop, STORE_PAUSE)
 
     async def purge(self) -> None:
         """Forget what the [delivery] retentions keep no longer."""

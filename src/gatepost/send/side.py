@@ -66,6 +66,7 @@ MX_ADDRESSES = 5  # MX host addresses tried per attempt, best first (as Postfix'
 KEEP_OPEN = 2.0  # seconds an idle session to the smart host stays open
 GATE_WAIT = 30.0  # seconds a worker waits for a free session before deferring
 STREAM_ABOVE = 1 << 20  # bytes of content beyond which it is streamed from the store
+STORE_PAUSE = 1.0  # seconds a worker waits after the store failed a claim
 SHOWN = 300  # characters of a host's reply (or of what it sent) in a log line
 
 
@@ -161,7 +162,10 @@ class SendSide:
     async def heartbeat(self, stop: asyncio.Event) -> None:
         """Tell the store this gateway runs, until it stops."""
         while not stop.is_set():
-            await self.alive()
+            try:
+                await self.alive()
+            except Exception as error:  # noqa: BLE001 - the store failed for a moment
+                log.warning("heartbeat not recorded: %s", error)
             await wait_any(stop, stop, self.timing.heartbeat)
 
     async def alive(self) -> None:
@@ -172,9 +176,15 @@ class SendSide:
         try:
             while not stop.is_set():
                 claimed = time.monotonic()
-                jobs = await self.store.claim(self.queue, self.owner, PER_CLAIM, self.timing.lease)
+                try:
+                    jobs = await self.store.claim(self.queue, self.owner, PER_CLAIM,
+                                                  self.timing.lease)
+                    more = jobs or await idle(self.store, self.queue, self.wakeup, stop, KEEP_OPEN)
+                except Exception as error:  # noqa: BLE001 - the store failed: wait, never die
+                    log.warning("could not claim mail: %s; trying again in %g s", error, STORE_PAUSE)
+                    await wait_any(stop, stop, STORE_PAUSE)
+                    continue
                 if not jobs:
-                    more = await idle(self.store, self.queue, self.wakeup, stop, KEEP_OPEN)
                     if not more:  # quiet for a while: say goodbye to the smart host
                         await self.release(link)
                         link = None
@@ -194,10 +204,10 @@ class SendSide:
         if link is not None and link.destination != destination:
             await self.release(link)
             link = None
-        committing: list[asyncio.Future[None]] = []  # the next message need not wait
         try:
             for group in by_message(jobs, lambda job: job):
-                if attempt.gone(group):  # another attempt has it now: not ours to send
+                group = [job for job in group if not attempt.gone([job])]  # others' now
+                if not group:
                     continue
                 link = await self.spent(link)
                 link = link or await self.connect(destination)
@@ -207,17 +217,16 @@ class SendSide:
                     outcomes = self.withheld(group, withheld.why)
                     await self.release(link, polite=False)
                     link = None
-                committing.append(self.record(attempt, outcomes))
+                await self.record(attempt, outcomes)  # before the next command: see README
         except NoMailHost as error:
             reply = policy.no_mail_host(error.why, error.domain, error.detail)
-            committing.append(self.record(attempt, self.undecided(attempt, jobs, reply, "")))
+            await self.record(attempt, self.undecided(attempt, jobs, reply, ""))
         except Exception as error:  # noqa: BLE001 - the host's doing or a bug: this session only
             relay = str(link.target) if link else ""
             reply = self.ended(link, error) if link else reply_for(error)
-            committing.append(self.record(attempt, self.undecided(attempt, jobs, reply, relay)))
+            await self.record(attempt, self.undecided(attempt, jobs, reply, relay))
             await self.release(link, polite=False)
             link = None
-        await asyncio.gather(*committing)
         link = await self.spent(link)
         if link is not None and link.gate.open > link.gate.capacity():
             await self.release(link)
@@ -231,9 +240,9 @@ class SendSide:
         if why in ("hold", "delete"):
             log.info("%s: not sent: %s while it was being sent", jobs[0].message_id, why)
             return [Cancelled(job) for job in jobs]
-        reply = f"451 4.4.0 not sent: the final dot was withheld ({why} lease)"
+        reply = Reply.of(451, f"4.4.0 not sent: the final dot was withheld ({why} lease)")
         now = self.clock()
-        return [Deferred(job, now, reply) for job in jobs]
+        return [policy.outcome(job, reply, "", now, self.delivery) for job in jobs]
 
     async def spent(self, link: Link | None) -> Link | None:
         """`link` while it can carry another message, else None (and it is closed):
@@ -391,19 +400,33 @@ class SendSide:
             link.gate.leave()
             self.freed.set()
 
-    def record(self, attempt: Attempt, outcomes: list[Outcome]) -> asyncio.Future[None]:
-        """Commit one message's outcomes (with the reports they call for), in
-        the background; they count as decided at once (no more renewals: the
-        final dot's extension covers the commit)."""
+    async def record(self, attempt: Attempt, outcomes: list[Outcome]) -> None:
+        """Commit one message's outcomes (with the reports they call for) before
+        the session sends another command: a kill then resends only a message
+        whose final reply had not come back."""
         attempt.decided(o.job for o in outcomes)
-        return asyncio.ensure_future(self.commit(outcomes))
+        await self.commit(outcomes)
 
     async def commit(self, outcomes: list[Outcome]) -> None:
+        """Commit outcomes, trying again while the store fails, as long as the
+        final dot's extension holds the lease: a delivery not written down would
+        be sent again."""
         if not outcomes:
             return
         now = self.clock()
         bounces, warnings = await self.bounces(outcomes, now), await self.warnings(outcomes, now)
-        await self.store.complete(outcomes, bounces, warnings)
+        deadline, pause = time.monotonic() + outbound.FINAL_TIMEOUT, 0.1
+        while True:
+            try:
+                await self.store.complete(outcomes, bounces, warnings)
+                break
+            except Exception as error:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("%s: outcome not recorded yet (%s); trying again in %.1f s",
+                            outcomes[0].job.message_id, error, pause)
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 10.0)
         deliverylog.write(outcomes, now)
 
     async def bounces(self, outcomes: Iterable[Outcome], now: float) -> list[NewMessage]:

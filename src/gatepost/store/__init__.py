@@ -44,7 +44,7 @@ from .connect import StoreDamaged
 from .ids import new_queue_id
 from .spool import SpoolWriter, read_head
 from .sqlite import SqliteStore
-from .sqlite_db import DamagedMessage, SqliteDb
+from .sqlite_db import DamagedMessage, SqliteDb, StoreBehind
 
 __all__ = [
     "ADMIN_ACTIONS",
@@ -76,6 +76,7 @@ __all__ = [
     "SqliteDb",
     "SqliteStore",
     "Store",
+    "StoreBehind",
     "StoreDamaged",
     "Workers",
     "key_of",
@@ -86,11 +87,12 @@ __all__ = [
 ]
 
 
-def open_store(url: str, clock: Clock | None = None) -> Store:
+def open_store(url: str, clock: Clock | None = None, migrate: bool = True) -> Store:
     """Open the store named by `url`: "sqlite:/abs/path.db", "sqlite:rel/path.db"
-    or "sqlite:///abs/path.db"."""
+    or "sqlite:///abs/path.db". `migrate`: upgrade an older schema (a command
+    other than `gatepost run` must not, while older processes may still run)."""
     scheme, sep, rest = url.partition(":")
     if scheme != "sqlite" or not sep or not rest:
         raise ValueError(f"unsupported store URL {url!r}; expected sqlite:/path/to/file.db")
     rest = rest.removeprefix("//")
-    return SqliteStore(Path(rest), clock)
+    return SqliteStore(Path(rest), clock, migrate=migrate)

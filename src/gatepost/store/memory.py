@@ -320,7 +320,9 @@ class MemoryStore:
         if row.state in AT_ONCE.get(action, ()):
             self._act(row, action, BY_ADMIN, now)
         elif action in AT_ONCE and row.state == "active":
-            row.pending, row.updated = stronger(row.pending, action), now
+            if row.pending is not None and stronger(row.pending, action) == row.pending:
+                return Changes()  # what already waits does as much or more
+            row.pending, row.updated = action, now
             self._hop(row, f"{action} requested", WAITS, now)
             return Changes(later=1)
         elif action == "release" and row.state == "hold":

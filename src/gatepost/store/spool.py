@@ -9,11 +9,13 @@ and `orphans` finds it for removal. Must not know: SQL, SMTP, the clock.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+log = logging.getLogger("gatepost.store")
 ORPHAN_GRACE = 3600.0  # seconds a spool file no message names may still await its commit
 
 
@@ -79,8 +81,13 @@ def orphans(folder: Path, named: Callable[[str], bool], older_than: float) -> It
 
 
 def remove(folder: Path, names: list[str]) -> None:
+    """Remove files whose rows are committed gone. Never raises: the commit
+    stands, and a file left behind is an orphan that the purge removes."""
     for name in names:
-        (folder / name).unlink(missing_ok=True)
+        try:
+            (folder / name).unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("could not remove spool file %s (the purge will): %s", name, error)
 
 
 HEAD = 64 * 1024  # enough of a message for its header

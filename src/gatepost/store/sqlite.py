@@ -96,11 +96,16 @@ class Gathered(Generic[T, R]):
 
 
 class SqliteStore:
-    def __init__(self, path: Path, clock: Clock | None = None, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, path: Path, clock: Clock | None = None, max_batch: int = MAX_BATCH,
+        migrate: bool = True,
+    ) -> None:
+        """`migrate`: upgrade an older schema (only `gatepost run` should)."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.path = Path(path)
         self.clock = clock or Clock()
+        self.migrate = migrate
         self._db: SqliteDb | None = None  # touched only on the worker thread
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatepost-store")
         self._enqueues: Gathered[NewMessage, str] = Gathered(self._enqueue, max_batch)
@@ -112,7 +117,7 @@ class SqliteStore:
 
     def _on_worker(self) -> SqliteDb:
         if self._db is None:
-            self._db = SqliteDb(self.path, self.clock)
+            self._db = SqliteDb(self.path, self.clock, self.migrate)
         return self._db
 
     def _call(self, work: Callable[[SqliteDb], T]) -> asyncio.Future[T]:

@@ -32,6 +32,7 @@ WHERE message_id = ? AND rcpt_id = ?
 -- action waited for it: the action is applied instead of a new claim.
 SELECT message_id, rcpt_id FROM jobs
 WHERE queue = ? AND state = 'active' AND lease_until < ? AND pending IS NOT NULL
+ORDER BY created, message_id, rcpt_id
 
 -- name: renew
 UPDATE jobs SET lease_until = max(lease_until, ?) WHERE message_id = ? AND rcpt_id = ?
@@ -171,6 +172,7 @@ WHERE j.queue = ?1 AND (j.state IN ('incoming', 'deferred')
     OR (j.state = 'active' AND (j.lease_until < ?2
         OR j.lease_owner IN (SELECT value FROM json_each(?3)))))
 AND j.message_id IN (SELECT id FROM messages WHERE origin IN (SELECT value FROM json_each(?4)))
+ORDER BY j.created, j.message_id, j.rcpt_id
 
 -- name: due
 SELECT EXISTS (SELECT 1 FROM jobs WHERE queue = ?1 AND state = 'incoming')
@@ -184,6 +186,7 @@ WHERE queue = ? AND state = 'active' AND lease_owner IS NOT NULL
 -- name: owned_rows
 SELECT message_id, rcpt_id, address, location, pending FROM jobs
 WHERE queue = ? AND state = 'active' AND lease_owner = ?
+ORDER BY created, message_id, rcpt_id
 
 -- name: counts
 SELECT state, count(*) FROM jobs GROUP BY state

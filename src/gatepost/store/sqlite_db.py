@@ -101,11 +101,12 @@ class DamagedMessage(Exception):
 class SqliteDb:
     """The store on one SQLite file. Use one instance per thread at a time."""
 
-    def __init__(self, path: Path, clock: Clock | None = None) -> None:
+    def __init__(self, path: Path, clock: Clock | None = None, migrate: bool = True) -> None:
+        """`migrate`: upgrade an older schema (only `gatepost run` should)."""
         self.path = Path(path)
         self.spool = spool.folder_of(self.path)
         self.clock = clock or Clock()
-        self._conn = opened(self.path, prepare)
+        self._conn = opened(self.path, lambda conn: prepare(conn, migrate))
 
     @contextmanager
     def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
@@ -381,21 +382,49 @@ class SqliteDb:
         self._conn.close()
 
 
-def prepare(conn: sqlite3.Connection) -> None:
-    """Migrate the schema; after a reboot, end the last boot's leases."""
+class StoreBehind(Exception):
+    """The store's schema is older than this code, and this opener may not upgrade it."""
+
+
+def prepare(conn: sqlite3.Connection, migrate: bool = True) -> None:
+    """Check (and, when `migrate`, upgrade) the schema; after a reboot, end the
+    last boot's leases. Only a known boot id, different from the stored one,
+    counts as a reboot: a process that cannot tell its boot changes nothing."""
+    found = schema.version(conn)
+    if 0 < found < schema.VERSION:
+        if not migrate:
+            raise StoreBehind(f"store schema {found} is older than this gatepost's "
+                              f"({schema.VERSION}); `gatepost run` upgrades it")
+        _refuse_while_old_processes_run(conn, found)
     schema.migrate(conn)
     this_boot = boot_id()
-    if _stored_boot(conn) == this_boot:
+    if not this_boot or _stored_boot(conn) == this_boot:
         return
     begin(conn)
     try:
-        if _stored_boot(conn) != this_boot:
-            for statement in Q["new_boot"].split(";"):
+        stored = _stored_boot(conn)
+        if stored != this_boot:
+            statements = Q["new_boot"].split(";")
+            for statement in statements if stored else statements[2:]:  # first boot: no leases
                 conn.execute(statement, (this_boot,) if "?" in statement else ())
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+OLD_HEARTBEAT = 30.0  # seconds: a wall-clock heartbeat this recent means an old process runs
+
+
+def _refuse_while_old_processes_run(conn: sqlite3.Connection, found: int) -> None:
+    """Schema 6 moves leases to the lease clock: processes of an older gatepost
+    still running would take their own leases for expired. Stop them first."""
+    if found >= 6:
+        return
+    row = conn.execute("SELECT max(seen) FROM workers").fetchone()
+    if row[0] is not None and row[0] >= time.time() - OLD_HEARTBEAT:
+        raise StoreBehind(f"processes of an older gatepost still use the store (a heartbeat "
+                          f"{time.time() - row[0]:.0f} s ago): stop them, then start this one")
 
 
 def _renew(conn: sqlite3.Connection, jobs: Sequence[Job], until: float) -> Renewal:
@@ -534,7 +563,9 @@ def _admin(
     where, key = (message_id, rcpt_id, address, location), (message_id, rcpt_id)
     if state == "active":
         if action in AT_ONCE:
-            conn.execute(Q["set_pending"], (stronger(pending, action), *key))
+            if pending is not None and stronger(pending, action) == pending:
+                return Changes(), []  # what already waits does as much or more
+            conn.execute(Q["set_pending"], (action, *key))
             _hop(conn, where, now, f"{action} requested", WAITS)
             return Changes(later=1), []
         if action == "release" and pending == "hold":
