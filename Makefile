@@ -38,7 +38,8 @@ bench-large: $(STAMP)
 	$(MAKE) bench BENCH_ARGS="-n 20000 --rounds 5 --latency-seconds 30"
 
 # Crash soak (never part of `make test`): kill -9 under load, then count lost and
-# duplicated mail, also against a misbehaving smart host (mode unruly); see tests/soak.py --help
+# duplicated mail, also against a misbehaving smart host (mode unruly) and one slower than a
+# lease (mode slow); about 14 minutes; see tests/soak.py --help
 # and README "Soak tests". About 6.5 minutes.
 SOAK_ARGS ?= --messages 25000 --kills 20
 SOAK_DIR ?= /tmp/gatepost-soak
