@@ -54,8 +54,12 @@ class Attempt:
     """The lease of one claim, kept while its attempt runs, however long a
     remote host takes: renewed every third of a lease; the jobs it lost and the
     admin actions waiting for it are noted as renewals report them.
-    `before_dot` extends one message's lease past the final reply's timeout,
-    and says whether the final dot may go. Durations are monotonic."""
+
+    `before_dot` says whether a message's final dot may go. The first one
+    extends the whole claim's lease past the final reply's timeout, and from
+    then on every renewal does: a later dot goes at once while what the store
+    last said is fresh (under a third of a lease old) and the lease outlasts
+    the wait; otherwise it asks the store again first. Durations are monotonic."""
 
     def __init__(self, store: Workers, jobs: list[Job], lease: float, claimed: float) -> None:
         """`claimed`: time.monotonic() when the claim was asked for."""
@@ -63,6 +67,8 @@ class Attempt:
         self.lease = lease
         self.open = {key_of(job): job for job in jobs}  # not yet decided
         self.held_until = claimed + lease  # the lease ends no earlier than this
+        self.heard = claimed  # when the last renewal that came back was asked for
+        self.final_wait = 0.0  # renewals add it once a final dot is due
         self.lost: set[JobKey] = set()
         self.pending: dict[JobKey, str] = {}
         self._renewing: asyncio.Task[None] | None = None
@@ -95,38 +101,39 @@ class Attempt:
     async def _renew_often(self) -> None:
         while True:
             await asyncio.sleep(self.lease / 3)
-            started = time.monotonic()
             try:
-                await self.renew(list(self.open.values()), self.lease)
+                await self.renew()
             except Exception as error:  # noqa: BLE001 - try again at the next third
                 log.warning("could not renew %d leases: %s", len(self.open), error)
-            else:  # what is still held (the lost are in `lost`) is held this much longer
-                self.held_until = max(self.held_until, started + self.lease)
 
-    async def renew(self, jobs: Sequence[Job], lease: float) -> bool:
-        """Renew `jobs` for `lease` seconds; True when every one is still held."""
+    async def renew(self) -> None:
+        """Renew every open job (past the final wait once a dot is due); note
+        what the store says: jobs lost, admin actions waiting."""
+        jobs, lease, asked = list(self.open.values()), self.final_wait + self.lease, time.monotonic()
         if not jobs:
-            return True
+            return
         renewal = await self.store.renew(jobs, lease)
-        lost = {key_of(job) for job in renewal.lost(jobs)}
-        self.lost |= lost
-        for job in jobs:
-            self.pending.pop(key_of(job), None)
-        self.pending.update(renewal.pending)
-        return not lost
+        self.lost |= {key_of(job) for job in renewal.lost(jobs)}
+        self.pending = dict(renewal.pending)
+        self.held_until = max(self.held_until, asked + lease)  # for all it still holds
+        self.heard = max(self.heard, asked)
 
     async def before_dot(self, jobs: Sequence[Job], final_wait: float) -> str | None:
-        """None when the final dot of `jobs`' message may go: their lease now
+        """None when the final dot of `jobs`' message may go: their lease
         outlasts `final_wait` (the final reply's timeout). Otherwise why not:
         "lost" (another attempt has them, or the store did not answer while
         the lease lasted) or the admin action waiting ("hold", "delete")."""
-        room = self.held_until - time.monotonic() - self.lease * MARGIN
-        if room <= 0 or self.gone(jobs):
-            return "lost"
-        try:
-            async with asyncio.timeout(room):
-                held = await self.renew(jobs, final_wait + self.lease)
-        except Exception as error:  # noqa: BLE001 - a lease not known to hold is lost
-            log.warning("lease not renewed before the final dot: %s", error or "timed out")
-            return "lost"
-        return self.cancelled(jobs) if held else "lost"
+        now = time.monotonic()
+        fresh = now - self.heard < self.lease / 3
+        if not (fresh and self.held_until - now >= final_wait + self.lease * MARGIN):
+            room = self.held_until - now - self.lease * MARGIN
+            if room <= 0 or self.gone(jobs):
+                return "lost"
+            self.final_wait = max(self.final_wait, final_wait)
+            try:
+                async with asyncio.timeout(room):
+                    await self.renew()
+            except Exception as error:  # noqa: BLE001 - a lease not known to hold is lost
+                log.warning("lease not renewed before the final dot: %s", error or "timed out")
+                return "lost"
+        return "lost" if self.gone(jobs) else self.cancelled(jobs)
