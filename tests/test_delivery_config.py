@@ -62,6 +62,19 @@ def test_delivery_errors_name_the_key(tmp_path: Path) -> None:
     assert found == ["delivery.retry_max: must be at least retry_min"]
 
 
+def test_the_queue_table_sets_lease_and_heartbeats_and_names_bad_keys(tmp_path: Path) -> None:
+    gateway = 'smarthost = "127.0.0.1:25"'
+    topo = loaded(tmp_path, gateway, '[queue]\nlease = "2s"\nheartbeat = 0.5\nfailover_after = "3s"')
+    assert (topo.queue.lease, topo.queue.heartbeat, topo.queue.failover_after) == (2.0, 0.5, 3.0)
+    assert loaded(tmp_path, gateway).queue.lease == 120.0
+    found = errors(tmp_path, gateway, '[queue]\nlease = 0\nheartbeat = "soon"\nbeat = 1')
+    assert "queue.lease: must be more than 0" in found
+    assert any(e.startswith("queue.heartbeat: bad duration 'soon'") for e in found)
+    assert any(e.startswith("queue.beat: unknown key") for e in found)
+    found = errors(tmp_path, gateway, '[queue]\nheartbeat = "10s"')
+    assert found == ["queue.failover_after: must be longer than queue.heartbeat"]
+
+
 def test_send_options_are_read(tmp_path: Path) -> None:
     gw = loaded(tmp_path, (
         'smarthosts = ["a.example:25", "b.example:2525"]\nsmarthost_policy = "spread"\n'

@@ -71,35 +71,35 @@ def _seconds(value: object) -> float | None:
     return sum(float(number) * UNITS[unit] for number, unit in pieces)
 
 
+def durations(table: Table, names: tuple[str, ...], prefix: str, error: Error) -> dict[str, float]:
+    """The durations among `names` that `table` gives; each bad one reported."""
+    found: dict[str, float] = {}
+    for name in names:
+        if name in table:
+            try:
+                found[name] = parse_duration(table[name])
+            except ValueError as exc:
+                error(f"{prefix}.{name}", str(exc))
+    return found
+
+
+def above_zero(found: dict[str, float], names: tuple[str, ...], prefix: str, error: Error) -> None:
+    for name in names:
+        if found.get(name) == 0:
+            error(f"{prefix}.{name}", "must be more than 0")
+
+
 def delivery_options(table: Table, error: Error) -> dict[str, float]:
     """Keyword arguments for `Delivery` from the [delivery] table."""
-    found: dict[str, float] = {}
-    for name in DELIVERY_KEYS:
-        if name not in table:
-            continue
-        try:
-            found[name] = parse_duration(table[name])
-        except ValueError as exc:
-            error(f"delivery.{name}", str(exc))
-    for name in ("retry_min", "lifetime"):
-        if found.get(name) == 0:
-            error(f"delivery.{name}", "must be more than 0")
+    found = durations(table, DELIVERY_KEYS, "delivery", error)
+    above_zero(found, ("retry_min", "lifetime"), "delivery", error)
     return found
 
 
 def queue_options(table: Table, error: Error) -> dict[str, float]:
     """Keyword arguments for `QueueTiming` from the [queue] table: durations above 0."""
-    found: dict[str, float] = {}
-    for name in QUEUE_KEYS:
-        if name not in table:
-            continue
-        try:
-            found[name] = parse_duration(table[name])
-        except ValueError as exc:
-            error(f"queue.{name}", str(exc))
-            continue
-        if found[name] == 0:
-            error(f"queue.{name}", "must be more than 0")
+    found = durations(table, QUEUE_KEYS, "queue", error)
+    above_zero(found, QUEUE_KEYS, "queue", error)
     return found
 
 
@@ -114,12 +114,7 @@ def limits_options(table: Table, error: Error) -> dict[str, Any]:
             error(f"limits.{name}", "must be a whole number of at least 1")
         else:
             found[name] = value
-    for name in LIMIT_DURATIONS:
-        if name in table:
-            try:
-                found[name] = parse_duration(table[name])
-            except ValueError as exc:
-                error(f"limits.{name}", str(exc))
+    found.update(durations(table, LIMIT_DURATIONS, "limits", error))
     return found
 
 
