@@ -125,11 +125,14 @@ class Session:
     async def run(self) -> None:
         if await self.answer("greeting", GREETING) is Said.ENDED:
             return
-        while line := await self.reader.readline():
-            self.answered = None  # the client spoke after the reply: it had read it
-            verb, _, argument = line.decode("utf-8", "surrogateescape").strip().partition(" ")
-            if not await self.command(verb.upper(), argument):
-                return
+        try:
+            while line := await self.reader.readline():
+                self.answered = None  # the client spoke after the reply: it had read it
+                verb, _, argument = line.decode("utf-8", "surrogateescape").strip().partition(" ")
+                if not await self.command(verb.upper(), argument):
+                    return
+        except ConnectionError:  # a client killed with our reply unread resets the connection
+            pass
         if self.answered is not None:  # the client left without a word after a 250 to a dot
             self.host.left_in_flight(self.answered, "sent")
 
@@ -193,7 +196,8 @@ class Session:
         temporary = self.host.write_temporary(self.sender or "", self.recipients, content)
         if self.host.dot_delay:
             await asyncio.sleep(self.host.dot_delay)
-            if self.reader.at_eof():  # gone while its reply was due: the message stays queued
+            if self.reader.at_eof() or self.reader.exception() is not None:  # gone (EOF or
+                # reset) while its reply was due: the message stays queued
                 self.host.keep(temporary)
                 self.host.left_in_flight(content, "not sent")
                 return False
