@@ -113,10 +113,10 @@ LAUNCH = """if True:
     import sys
     import gatepost.policy as policy
     import gatepost.store.spool as spool
-    import gatepost.store.sqlite_db as sqlite_db
+    import gatepost.store.sqldb as sqldb
     retention = float(sys.argv.pop(1))  # 0: as configured
     if retention:  # the [delivery] retentions are in the topology; these are not settings
-        spool.ORPHAN_GRACE = sqlite_db.ORPHAN_GRACE = retention
+        spool.ORPHAN_GRACE = sqldb.ORPHAN_GRACE = retention
         policy.PURGE_EVERY = retention / 5
     from gatepost.cli import main
     sys.argv[0] = "gatepost"

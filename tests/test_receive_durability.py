@@ -56,12 +56,11 @@ class InterceptedStore(SqliteStore):
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.intercepted: list[Intercepted] = []
+        self._open_db = self._intercepted
 
-    def _on_worker(self) -> SqliteDb:
-        if self._db is None:
-            self.intercepted.append(Intercepted(SqliteDb(self.path, self.clock)))
-            self._db = self.intercepted[0]  # type: ignore[assignment]
-        return self._db
+    def _intercepted(self) -> SqliteDb:
+        self.intercepted.append(Intercepted(SqliteDb(self.path, self.clock)))
+        return self.intercepted[-1]  # type: ignore[return-value]
 
 
 def start(tmp: Path) -> tuple[Receiver, Intercepted]:

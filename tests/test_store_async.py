@@ -29,6 +29,7 @@ from gatepost.store import (
     SqliteDb,
     SqliteStore,
 )
+from gatepost.store.sqldb import SqlDb
 
 LEASE = 60.0
 
@@ -49,10 +50,9 @@ class Recorder:
         self.gate: threading.Event | None = None
         self.started = threading.Event()
         self.fsyncs = 0  # transactions committed with synchronous=FULL
-        for name in [n for n in vars(SqliteDb) if not n.startswith("__")]:
-            if callable(getattr(SqliteDb, name)) and not isinstance(
-                vars(SqliteDb)[name], staticmethod
-            ):
+        own = {**vars(SqlDb), **vars(SqliteDb)}  # its methods and those it inherits
+        for name in [n for n in own if not n.startswith("__")]:
+            if callable(getattr(SqliteDb, name)) and not isinstance(own[name], staticmethod):
                 monkeypatch.setattr(SqliteDb, name, self._wrap(name, getattr(SqliteDb, name)))
         monkeypatch.setattr(SqliteDb, "__init__", self._wrap("__init__", SqliteDb.__init__))
 

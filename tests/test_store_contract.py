@@ -1177,7 +1177,7 @@ async def test_sqlite_listing_claims_and_counts_never_scan_the_jobs_table(
     index searches, so their cost does not grow with the backlog."""
     await mixed_queue(store, b)
     key = (await store.queue(limit=3))[-1].key
-    conn = store._db._conn  # type: ignore[attr-defined]  # the worker thread is idle meanwhile
+    conn = store._dbs[0]._conn  # type: ignore[attr-defined]  # the worker thread is idle meanwhile
     seen: list[str] = []
     conn.set_trace_callback(seen.append)
     await store.queue(limit=3, after=key)

@@ -27,6 +27,7 @@ from gatepost.store import (
     SqliteStore,
     new_queue_id,
     schema,
+    sqldb,
     sqlite_db,
 )
 from gatepost.topology import TopologyError, load
@@ -98,7 +99,7 @@ def test_without_a_trace_cutoff_trace_rows_go_with_the_final_jobs(store: SqliteD
 def test_a_large_purge_deletes_in_bounded_transactions_and_misses_nothing(
     store: SqliteDb, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_db, "PURGE_CHUNK", 3)
+    monkeypatch.setattr(sqldb, "PURGE_CHUNK", 3)
     old = [enqueue(store, NOW - 40 * DAY, recipients=2) for _ in range(5)]  # 10 hops
     deliver_all(store, NOW - 40 * DAY)  # 10 final jobs, 10 more hops
     recent = enqueue(store, NOW - DAY)

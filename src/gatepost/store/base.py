@@ -312,6 +312,16 @@ class Workers(Protocol):
         """Workers whose last heartbeat is at most `within` lease-clock seconds old."""
         ...
 
+    async def lead(self, duty: str, owner: str, term: float) -> bool:
+        """Take, or keep, the duty `duty` (work that one process of the network
+        does at a time: "failover", "purge") for `term` lease-clock seconds.
+        False while another owner holds it and its term has not run out."""
+        ...
+
+    async def resign(self, duty: str, owner: str) -> None:
+        """A clean stop: give the duty up at once (if `owner` still holds it)."""
+        ...
+
     async def owners(self, queue: str) -> set[str]:
         """Who holds leases on jobs of `queue`."""
         ...

@@ -127,6 +127,7 @@ class MemoryStore:
         self._entries: list[tuple[str, str, float]] = []  # (mailbox, message_id, delivered)
         self._hops: list[Hop] = []
         self._workers: dict[str, tuple[str, float]] = {}  # name: (owner, seen)
+        self._leaders: dict[str, tuple[str, float]] = {}  # duty: (owner, until)
 
     async def enqueue(self, message: NewMessage) -> str:
         self._check_new([message])
@@ -377,6 +378,18 @@ class MemoryStore:
     async def forget(self, name: str, owner: str) -> None:
         if name in self._workers and self._workers[name][0] == owner:
             del self._workers[name]
+
+    async def lead(self, duty: str, owner: str, term: float) -> bool:
+        now = self.clock.lease()
+        holder, until = self._leaders.get(duty, (owner, now))
+        if holder != owner and until >= now:
+            return False
+        self._leaders[duty] = (owner, now + term)
+        return True
+
+    async def resign(self, duty: str, owner: str) -> None:
+        if self._leaders.get(duty, ("", 0.0))[0] == owner:
+            del self._leaders[duty]
 
     async def alive(self, within: float) -> set[str]:
         since = self.clock.lease() - within

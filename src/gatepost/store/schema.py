@@ -21,6 +21,8 @@ Tables:
             the router can tell a gateway that stopped from one that runs.
   boot      the boot id of the host whose lease clock (seconds since boot) the
             leases and heartbeats count in (version 6): after a reboot they end.
+  leaders   who does each duty that must run once in the network (failover,
+            purge), until when on the lease clock (version 7).
 
 Indexes on jobs: `jobs_claim` serves the claims and `due`/`pending` (a backlog
 of deferred jobs not yet due is never visited); `jobs_by_state` (version 2)
@@ -114,8 +116,12 @@ _V6 = (
     "DELETE FROM workers",
 )
 
+# Duties that one process of the network does at a time (failover, purge): the
+# leader of each holds its row until its term ends on the lease clock.
+_V7 = ("CREATE TABLE leaders (duty TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL)",)
+
 # MIGRATIONS[n] takes a file from user_version n to n + 1.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4, _V5, _V6, _V7)
 VERSION = len(MIGRATIONS)
 
 

@@ -212,5 +212,17 @@ SELECT boot_id FROM boot
 -- The lease clock restarted: every lease and heartbeat of the last boot is over.
 UPDATE jobs SET lease_until = -1 WHERE state = 'active' AND lease_until IS NOT NULL;
 UPDATE workers SET seen = -1;
+UPDATE leaders SET until = -1;
 DELETE FROM boot;
 INSERT INTO boot (boot_id) VALUES (?)
+
+-- name: lead
+-- Take or keep a duty that one process of the network does (failover, purge):
+-- a row per duty, held by its owner until its term ends on the lease clock.
+INSERT INTO leaders (duty, owner, until) VALUES (?1, ?2, ?3)
+ON CONFLICT (duty) DO UPDATE SET owner = excluded.owner, until = excluded.until
+WHERE leaders.owner = excluded.owner OR leaders.until < ?4
+RETURNING owner
+
+-- name: resign
+DELETE FROM leaders WHERE duty = ? AND owner = ?
