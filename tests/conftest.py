@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from pg import pg_cluster, pg_url  # noqa: F401  (fixtures: a private PostgreSQL)
 from scripted import ScriptedHost
 from support import Gatepost, Sink, free_port, gatepost, tool
 

@@ -44,6 +44,7 @@ from gatepost.store import connect as connect_module
 from gatepost.store.base import Cancelled, Changes, Held, key_of
 from gatepost.store.clock import ManualClock
 from gatepost.store.memory import MemoryStore
+from gatepost.store.postgres import PgStore
 
 SEND = send_queue("GW1")
 LEASE = 60.0
@@ -114,13 +115,30 @@ def memory_backend(tmp_path: Path) -> Backend:
     return Backend("memory", ManualClock(), make, message_rows)
 
 
-BACKENDS = [memory_backend, sqlite_backend]
+def postgres_backend(tmp_path: Path, request: pytest.FixtureRequest) -> Backend:
+    """A fresh database of the test run's own cluster; each `open` is another
+    connection pool (another process or host). Leases on the ManualClock."""
+    import psycopg
+
+    url = request.getfixturevalue("pg_url")
+
+    def make(clock: ManualClock) -> Store:
+        return PgStore(url, clock=clock.clock(), staging=tmp_path / "staging")
+
+    def message_rows(_: Store) -> int:
+        with psycopg.connect(url) as conn:
+            return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])  # type: ignore[index]
+
+    return Backend("postgres", ManualClock(), make, message_rows, url=url)
+
+
+BACKENDS = [memory_backend, sqlite_backend, postgres_backend]
 
 
 @pytest.fixture(params=BACKENDS, ids=lambda make: make.__name__.removesuffix("_backend"))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    make: Callable[[Path], Backend] = request.param
-    return make(tmp_path)
+    make: Callable[..., Backend] = request.param
+    return make(tmp_path, request) if make is postgres_backend else make(tmp_path)
 
 
 def contract(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
@@ -135,6 +153,13 @@ def contract(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
     backend_param = inspect.Parameter("backend", inspect.Parameter.POSITIONAL_OR_KEYWORD)
     run.__signature__ = inspect.Signature([backend_param, *extra])  # type: ignore[attr-defined]
     return run
+
+
+def with_processes(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
+    """A contract test that needs several processes (backends that have them)."""
+    backends = [sqlite_backend, postgres_backend]
+    only = pytest.mark.parametrize("backend", backends, indirect=True, ids=["sqlite", "postgres"])
+    return only(contract(test))
 
 
 def sqlite_only(test: Callable[..., Awaitable[None]]) -> Callable[..., None]:
@@ -1118,7 +1143,7 @@ def claim_until_empty(url: str, owner: str, start: Any, out: Any) -> None:
     out.put((owner, asyncio.run(claims())))
 
 
-@sqlite_only
+@with_processes
 async def test_claims_from_concurrent_processes_never_overlap(store: Store, b: Backend) -> None:
     ids = await asyncio.gather(*(store.enqueue(message()) for _ in range(2000)))
     ctx = multiprocessing.get_context("spawn")
@@ -1249,5 +1274,6 @@ def test_open_store_accepts_url_forms(tmp_path: Path, form: str) -> None:
 
 
 def test_open_store_refuses_other_schemes() -> None:
-    with pytest.raises(ValueError):
-        open_store("postgresql://localhost/mail")
+    for url in ("mysql://localhost/mail", "postgresql:mail", "sqlite:", "queue.db"):
+        with pytest.raises(ValueError, match="unsupported store URL"):
+            open_store(url)

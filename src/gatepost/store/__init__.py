@@ -1,8 +1,9 @@
 """The store: the only code that writes mail state (see `base` for the interface).
 
-Does: re-export the interface and open a store from a URL ("sqlite:/path").
-Backends: `sqlite.SqliteStore` (statements in `sqlite.sql`, run by
-`sqlite_db.SqliteDb`) and `memory.MemoryStore`, a faithful in-memory fake.
+Does: re-export the interface and open a store from a URL ("sqlite:/path",
+"postgresql://user@host/db"). Backends: `sqlite.SqliteStore` and
+`postgres.PgStore` (the logic in `sqldb.SqlDb`, statements in `sqlite.sql` and
+`postgres.sql`), and `memory.MemoryStore`, a faithful in-memory fake.
 Must not know: policy, topology or SMTP.
 """
 
@@ -87,12 +88,25 @@ __all__ = [
 ]
 
 
-def open_store(url: str, clock: Clock | None = None, migrate: bool = True) -> Store:
-    """Open the store named by `url`: "sqlite:/abs/path.db", "sqlite:rel/path.db"
-    or "sqlite:///abs/path.db". `migrate`: upgrade an older schema (a command
-    other than `gatepost run` must not, while older processes may still run)."""
+def open_store(
+    url: str, clock: Clock | None = None, migrate: bool = True, password: str | None = None,
+) -> Store:
+    """Open the store named by `url`: "sqlite:/abs/path.db", "sqlite:rel/path.db",
+    "sqlite:///abs/path.db", or a PostgreSQL URL "postgresql://user@host:port/db"
+    (`password`, else libpq's PGPASSWORD or ~/.pgpass). `migrate`: upgrade an
+    older schema (a command other than `gatepost run` must not, while older
+    processes may still run). `clock`: for tests; PostgreSQL's leases are
+    otherwise on the database's clock."""
     scheme, sep, rest = url.partition(":")
+    if scheme in POSTGRES_SCHEMES and rest.startswith("//"):
+        from .postgres import PgStore  # psycopg is loaded only for a PostgreSQL store
+
+        return PgStore(url, clock, migrate=migrate, password=password)
     if scheme != "sqlite" or not sep or not rest:
-        raise ValueError(f"unsupported store URL {url!r}; expected sqlite:/path/to/file.db")
+        raise ValueError(f"unsupported store URL {url!r}; expected sqlite:/path/to/file.db "
+                         "or postgresql://user@host/dbname")
     rest = rest.removeprefix("//")
     return SqliteStore(Path(rest), clock, migrate=migrate)
+
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
