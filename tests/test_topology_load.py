@@ -177,9 +177,48 @@ ERRORS = [
     (variant(('"alice"', '"al ice"')), "postoffices.HQ.mailboxes[0]", "bad mailbox name"),
     (variant(('"alice"', '"' + "a" * 65 + '"')), "postoffices.HQ.mailboxes[0]", "1-64"),
     (
-        variant(('name = "ACME"', 'name = "ACME"\nstore = "postgres://db"')),
+        variant(('name = "ACME"', 'name = "ACME"\nstore = "mysql://db/mail"')),
         "network.store",
         "sqlite:",
+    ),
+    (
+        variant(('name = "ACME"', 'name = "ACME"\nstore = "postgres://db"')),
+        "network.store",
+        "names no database",
+    ),
+    (
+        variant(('name = "ACME"', 'name = "ACME"\nstore = "postgresql://mail:s3cret@db/mail"')),
+        "network.store",
+        "never write a password",
+    ),
+    (
+        variant(('name = "ACME"', 'name = "ACME"\nstore = "postgresql://db/mail?password=x"')),
+        "network.store",
+        "never write a password",
+    ),
+    (
+        variant(('name = "ACME"', 'name = "ACME"\nstore = "postgresql://db:99999/mail"')),
+        "network.store",
+        "bad PostgreSQL URL",
+    ),
+    (
+        variant(('name = "ACME"', 'name = "ACME"\nstore_password_env = "PG PASS"')),
+        "network.store_password_env",
+        "not an environment variable name",
+    ),
+    (
+        variant(('name = "ACME"', 'name = "ACME"\nstore_password_env = "PGPASS"')),
+        "network.store",
+        "are for a postgresql:// store",
+    ),
+    (
+        variant((
+            'name = "ACME"',
+            'name = "ACME"\nstore = "postgresql://mail@db/mail"\nstore_password_env = "P"\n'
+            'store_password_file = "pw"',
+        )),
+        "network.store_password_file",
+        "not both",
     ),
     (variant(extra=GW2_SAME_LISTEN), "gateways.GW2.listen", "already used by gateways.GW1.listen"),
     (
@@ -228,6 +267,16 @@ def test_error_is_named_by_key(tmp_path: Path, text: str, key: str, fragment: st
     matching = [p for p in errors if p.key == key]
     assert matching, f"no error at {key}; got {errors}"
     assert any(fragment in p.message for p in matching), matching
+
+
+def test_a_postgresql_store_keeps_its_url_and_where_its_password_lives(tmp_path: Path) -> None:
+    url = "postgresql://mail@db.example:5433/acme?sslmode=verify-full"
+    text = variant(('name = "ACME"', f'name = "ACME"\nstore = "{url}"\n'
+                    'store_password_file = "secrets/pg"'))
+    topo = load(write(tmp_path, text))
+    assert topo.store == url
+    assert topo.store_password_file == (tmp_path / "secrets" / "pg").resolve()
+    assert topo.store_password_env is None
 
 
 def test_bad_value_is_not_also_reported_missing(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import click
 
 from gatepost import submit, views
+from gatepost.network import network_store
+from gatepost.send.credentials import MissingSecret
 from gatepost.send.deliverylog import FORMAT_VARIABLE
 from gatepost.store import (
     STATES,
@@ -28,7 +30,6 @@ from gatepost.store import (
     Store,
     StoreBehind,
     StoreDamaged,
-    open_store,
 )
 from gatepost.topology import (
     AddressError,
@@ -83,7 +84,10 @@ def with_store(topo: Topology, work: Callable[[Store], Awaitable[T]]) -> T:
     """Run `work` on the store (opened for it, closed after)."""
 
     async def run() -> T:
-        store = open_store(topo.store, migrate=False)  # only `gatepost run` upgrades it
+        try:
+            store = network_store(topo, migrate=False)  # only `gatepost run` upgrades it
+        except MissingSecret as error:
+            raise click.ClickException(f"network.store: {error}") from error
         try:
             return await work(store)
         finally:

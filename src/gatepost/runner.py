@@ -18,11 +18,13 @@ import signal
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
+from gatepost.network import network_store
 from gatepost.receive import ReceiveSide
 from gatepost.receive.capture import Capture
 from gatepost.router import Router
 from gatepost.send import SendSide
-from gatepost.store import Store, StoreDamaged, open_store
+from gatepost.send.credentials import MissingSecret
+from gatepost.store import Store, StoreDamaged
 from gatepost.supervisor import STOP_SIGNALS
 from gatepost.topology import Topology
 
@@ -154,7 +156,10 @@ async def serve(topo: Topology, roles: list[str], announce: Callable[[list[str]]
 async def serve_roles(
     topo: Topology, roles: list[str], announce: Callable[[list[str]], None], stop: asyncio.Event
 ) -> None:
-    store = open_store(topo.store)
+    try:
+        store = network_store(topo)
+    except MissingSecret as error:
+        raise StartError(f"network.store: {error}") from error
     try:
         await opening(store, topo.store)
         running = await start(topo, roles, store, stop)

@@ -1,4 +1,5 @@
-"""The AUTH password for a smart host, read where the topology says it lives.
+"""The AUTH password for a smart host, and the store's database password, read
+where the topology says it lives.
 
 Does: read it from the named environment variable or file, at the moment a
 session needs it (so a rotated secret is picked up). Must not know: SMTP,
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from gatepost.topology.model import Gateway
+from gatepost.topology.model import Gateway, Topology
 
 
 class MissingSecret(Exception):
@@ -31,19 +33,30 @@ def login(gateway: Gateway) -> Login | None:
 
 
 def password(gateway: Gateway) -> str:
+    return secret(gateway.auth_password_env, gateway.auth_password_file, "auth_password")
+
+
+def store_password(topo: Topology) -> str | None:
+    """The [network] store's password, or None: then libpq looks (PGPASSWORD, ~/.pgpass)."""
+    if topo.store_password_env is None and topo.store_password_file is None:
+        return None
+    return secret(topo.store_password_env, topo.store_password_file, "store_password")
+
+
+def secret(env: str | None, file: Path | None, stem: str) -> str:
     """From the environment variable, else the file's first line (without its line end)."""
-    if gateway.auth_password_env is not None:
-        value = os.environ.get(gateway.auth_password_env, "")
+    if env is not None:
+        value = os.environ.get(env, "")
         if not value:
-            raise MissingSecret(f"environment variable {gateway.auth_password_env} is not set")
+            raise MissingSecret(f"environment variable {env} is not set")
         return value
-    if gateway.auth_password_file is not None:
+    if file is not None:
         try:
-            text = gateway.auth_password_file.read_text(encoding="utf-8")
+            text = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
-            raise MissingSecret(f"cannot read {gateway.auth_password_file}: {exc.__class__.__name__}") from exc
+            raise MissingSecret(f"cannot read {file}: {exc.__class__.__name__}") from exc
         first = text.splitlines()[0] if text else ""
         if not first:
-            raise MissingSecret(f"{gateway.auth_password_file} has an empty first line")
+            raise MissingSecret(f"{file} has an empty first line")
         return first
-    raise MissingSecret("no auth_password_env or auth_password_file")
+    raise MissingSecret(f"no {stem}_env or {stem}_file")

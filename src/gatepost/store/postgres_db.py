@@ -141,7 +141,7 @@ class PgDb(SqlDb):
         return out
 
     def _read_chunks(self, message_id: str) -> tuple[int, BinaryIO]:
-        out: BinaryIO = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY)  # type: ignore[assignment]
+        out: BinaryIO = tempfile.SpooledTemporaryFile(IN_MEMORY)  # type: ignore[assignment]  # noqa: SIM115 - the caller closes it
         found, seq = 0, 0
         while True:
             rows = self._tx.execute("chunks", (message_id, seq, CHUNKS_PER_READ)).fetchall()

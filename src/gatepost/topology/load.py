@@ -14,6 +14,7 @@ import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import parse_qs, urlsplit
 
 from gatepost.topology.crosscheck import Crosscheck, Findings
 from gatepost.topology.model import (
@@ -42,8 +43,10 @@ from gatepost.topology.options import (
     limits_options,
     queue_options,
     send_options,
+    store_secret,
 )
 
+POSTGRES = ("postgresql://", "postgres://")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,15}")
 MAILBOX = re.compile(r"[A-Za-z0-9._+-]{1,64}")
 ROLES: tuple[Role, ...] = ("both", "send", "receive")
@@ -51,7 +54,7 @@ FILE = "<file>"
 Table = dict[str, Any]
 
 TOP_KEYS = ("network", "postoffices", "gateways", "capture", "delivery", "limits", "queue")
-NETWORK_KEYS = ("name", "domains", "store")
+NETWORK_KEYS = ("name", "domains", "store", "store_password_env", "store_password_file")
 PO_KEYS = ("domains", "mailboxes", "links")
 GW_KEYS = ("postoffice", "role", "listen", "smarthost", "serves", "relay_from", *SEND_KEYS)
 CAPTURE_KEYS = ("listen", "dir")
@@ -164,16 +167,18 @@ class _Builder:
         queue = self._queue(raw.get("queue"))
         if network is None:
             return None
-        name, domains, store = network
+        name, domains, store, secret = network
         topo = Topology(
             name, domains, store, postoffices, gateways, capture, self.source, delivery, limits,
-            queue,
+            queue, **secret,
         )
         Crosscheck(topo, self.f).run()
         return topo
 
     # [network]
-    def _network(self, value: object) -> tuple[str, tuple[str, ...], str] | None:
+    def _network(
+        self, value: object
+    ) -> tuple[str, tuple[str, ...], str, dict[str, Any]] | None:
         if value is None:
             self.f.error("network", "missing [network] table")
             return None
@@ -190,14 +195,38 @@ class _Builder:
             self.f.error("network.name", _bad_name(name))
         domains = self._domains(table, "network", "network")
         store = self._store(_string(self.f, table, "store", "network"), name)
-        return name, domains, store
+        secret = store_secret(table, self.base, self.f.error)
+        if any(secret.values()) and not store.startswith(POSTGRES):
+            self.f.error("network.store", "store_password_env and store_password_file are for "
+                         "a postgresql:// store")
+        return name, domains, store, secret
 
     def _store(self, text: str | None, name: str) -> str:
         text = f"sqlite:var/{name.lower()}.db" if text is None else text
+        if text.startswith(POSTGRES):
+            self._postgres_url(text)
+            return text
         if not text.startswith("sqlite:") or text == "sqlite:":
-            self.f.error("network.store", f"store {text!r} must be a URL like sqlite:var/x.db")
+            self.f.error("network.store", f"store {text!r} must be a URL like sqlite:var/x.db "
+                         "or postgresql://user@host:port/dbname")
             return text
         return "sqlite:" + str(_resolve(self.base, text.removeprefix("sqlite:")))
+
+    def _postgres_url(self, text: str) -> None:
+        """A libpq URL without a password (it lives in store_password_env or
+        store_password_file, PGPASSWORD or ~/.pgpass) and with a database name."""
+        try:
+            url = urlsplit(text)
+            url.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            self.f.error("network.store", f"bad PostgreSQL URL: {exc}")
+            return
+        query = parse_qs(url.query)
+        if url.password is not None or "password" in query:
+            self.f.error("network.store", "never write a password in the topology file: give "
+                         "store_password_env or store_password_file (or use PGPASSWORD, ~/.pgpass)")
+        if not url.path.strip("/") and "dbname" not in query:
+            self.f.error("network.store", f"{text!r} names no database: postgresql://user@host/DBNAME")
 
     def _domains(self, table: Table, prefix: str, owner: str) -> tuple[str, ...]:
         domains: list[str] = []

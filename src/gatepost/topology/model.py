@@ -168,7 +168,7 @@ class QueueTiming:
 class Topology:
     name: str
     domains: tuple[str, ...]  # org-wide domains, lower-case
-    store: str  # "sqlite:/absolute/path.db"
+    store: str  # "sqlite:/absolute/path.db" or "postgresql://user@host:port/dbname"
     postoffices: dict[str, Postoffice]  # in file order
     gateways: dict[str, Gateway]  # in file order
     capture: Capture | None
@@ -176,6 +176,8 @@ class Topology:
     delivery: Delivery = Delivery()
     limits: Limits = Limits()
     queue: QueueTiming = QueueTiming()
+    store_password_env: str | None = None  # the PostgreSQL password's variable, or
+    store_password_file: Path | None = None  # its file (else libpq: PGPASSWORD, ~/.pgpass)
 
 
 @dataclass(frozen=True, slots=True)

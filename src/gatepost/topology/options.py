@@ -142,6 +142,12 @@ def send_options(table: Table, key: str, base: Path, error: Error) -> dict[str, 
     return {name: value for name, value in options.items() if value is not None}
 
 
+def store_secret(table: Table, base: Path, error: Error) -> dict[str, Any]:
+    """Where the [network] store's database password lives (never the password)."""
+    env, file = _Reader(table, "network", base, error).secret_source("store_password")
+    return {"store_password_env": env, "store_password_file": file}
+
+
 def verify_default(verify: bool | None, mx: bool) -> bool | None:
     """Configured smart hosts are verified unless told not to; MX hosts, like
     Postfix's `may` level, are not unless told to (most have no certificate a
@@ -241,17 +247,22 @@ class _Reader:
                 self.bad(name, "never write a password in the topology file: name where it "
                          "lives with auth_password_env (a variable) or auth_password_file")
         user = self.string("auth_user")
-        env = self.string("auth_password_env")
-        file = self.path("auth_password_file")
-        if env is not None and not _ENV_NAME.fullmatch(env):
-            self.bad("auth_password_env", f"{env!r} is not an environment variable name")
-        if env is not None and file is not None:
-            self.bad("auth_password_file", "give auth_password_env or auth_password_file, not both")
+        env, file = self.secret_source("auth_password")
         if user is not None and env is None and file is None:
             self.bad("auth_user", "needs auth_password_env or auth_password_file")
         if user is None and (env is not None or file is not None):
             self.bad("auth_user", "missing: the user name for the password given")
         return {"auth_user": user, "auth_password_env": env, "auth_password_file": file}
+
+    def secret_source(self, stem: str) -> tuple[str | None, Path | None]:
+        """Where a secret lives: the variable `STEM_env` names, or the file `STEM_file`."""
+        env = self.string(f"{stem}_env")
+        file = self.path(f"{stem}_file")
+        if env is not None and not _ENV_NAME.fullmatch(env):
+            self.bad(f"{stem}_env", f"{env!r} is not an environment variable name")
+        if env is not None and file is not None:
+            self.bad(f"{stem}_file", f"give {stem}_env or {stem}_file, not both")
+        return env, file
 
     def dkim(self) -> tuple[DkimKey, ...] | None:
         value = self.table.get("dkim")
