@@ -214,8 +214,8 @@ ERRORS = [
     (
         variant((
             'name = "ACME"',
-            'name = "ACME"\nstore = "postgresql://mail@db/mail"\nstore_password_env = "P"\n'
-            'store_password_file = "pw"',
+            ('name = "ACME"\nstore = "postgresql://mail@db/mail"\nstore_password_env = "P"\n'
+             'store_password_file = "pw"'),
         )),
         "network.store_password_file",
         "not both",
