@@ -271,8 +271,8 @@ def test_error_is_named_by_key(tmp_path: Path, text: str, key: str, fragment: st
 
 def test_a_postgresql_store_keeps_its_url_and_where_its_password_lives(tmp_path: Path) -> None:
     url = "postgresql://mail@db.example:5433/acme?sslmode=verify-full"
-    text = variant(('name = "ACME"', f'name = "ACME"\nstore = "{url}"\n'
-                    'store_password_file = "secrets/pg"'))
+    store = f'name = "ACME"\nstore = "{url}"\nstore_password_file = "secrets/pg"'
+    text = variant(('name = "ACME"', store))
     topo = load(write(tmp_path, text))
     assert topo.store == url
     assert topo.store_password_file == (tmp_path / "secrets" / "pg").resolve()
