@@ -1277,3 +1277,30 @@ def test_open_store_refuses_other_schemes() -> None:
     for url in ("mysql://localhost/mail", "postgresql:mail", "sqlite:", "queue.db"):
         with pytest.raises(ValueError, match="unsupported store URL"):
             open_store(url)
+
+
+# -- leaders ---------------------------------------------------------------------------
+
+
+@contract
+async def test_one_owner_leads_a_duty_until_its_term_runs_out(store: Store, b: Backend) -> None:
+    other = b.open()
+    assert await store.lead("router", "r1", 10.0)
+    assert not await other.lead("router", "r2", 10.0)
+    b.clock.step(lease=9.0)
+    assert await store.lead("router", "r1", 10.0)  # renewed: ten more seconds
+    b.clock.step(lease=9.0)
+    assert not await other.lead("router", "r2", 10.0)
+    assert await other.lead("purge", "r2", 10.0)  # another duty is another lead
+    b.clock.step(lease=2.0)  # r1's term is over
+    assert await other.lead("router", "r2", 10.0)
+    assert not await store.lead("router", "r1", 10.0)
+
+
+@contract
+async def test_a_leader_that_resigns_is_followed_at_once(store: Store, b: Backend) -> None:
+    assert await store.lead("router", "r1", 60.0)
+    await store.resign("router", "r2")  # not the leader: changes nothing
+    assert not await store.lead("router", "r2", 60.0)
+    await store.resign("router", "r1")
+    assert await store.lead("router", "r2", 60.0)

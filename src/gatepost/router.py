@@ -11,6 +11,7 @@ more hop each) is bounced to its sender. It never speaks SMTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ log = logging.getLogger("gatepost.router")
 
 BATCH = 512
 STORE_PAUSE = 1.0  # seconds the router waits after the store failed
+LEADER = "router"  # the duty of the router that leads: failover and purge
 
 
 def plan(topo: Topology, job: Job, alive: Callable[[str], bool]) -> list[Outcome]:
@@ -78,6 +80,7 @@ class Router:
         self.wakeup = asyncio.Event()
         self.living: set[str] = set()
         self.checked = -float("inf")  # time.monotonic() of the last failover check
+        self.leading = False  # this router does the network's failover and purge
 
     def alive(self, gateway: str) -> bool:
         return f"gateway:{gateway}" in self.living
@@ -86,13 +89,21 @@ class Router:
         self.wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        try:
+            await self._run(stop)
+        finally:
+            if self.leading:
+                with contextlib.suppress(Exception):  # else its term runs out
+                    await self.store.resign(LEADER, self.owner)
+
+    async def _run(self, stop: asyncio.Event) -> None:
         await leases.reclaim(self.store, ROUTER)
         timing, purged = self.topo.queue, -float("inf")
         while not stop.is_set():
             try:
                 if time.monotonic() - self.checked >= timing.heartbeat:
                     await self.failover()
-                if time.monotonic() - purged >= policy.PURGE_EVERY:
+                if self.leading and time.monotonic() - purged >= policy.PURGE_EVERY:
                     purged = time.monotonic()
                     await self.purge()
                 if not await self.step():
@@ -121,10 +132,15 @@ class Router:
         return len(jobs)
 
     async def failover(self) -> None:
-        """Learn which gateways run; give the mail waiting for a stopped one to
-        the router again wherever another running gateway serves its origin."""
+        """Learn which gateways run; when this router leads (one of the network's
+        routers does, for a term of `failover_after`), give the mail waiting for
+        a stopped one to the router again wherever another running gateway
+        serves its origin."""
         self.checked = time.monotonic()
         self.living = await self.store.alive(self.topo.queue.failover_after)
+        await self.lead()
+        if not self.leading:
+            return
         for name, gateway in self.topo.gateways.items():
             if not gateway.sends or self.alive(name):
                 continue
@@ -135,6 +151,20 @@ class Router:
             if moved:
                 log.info("gateway %s is not running: %d recipients go to another gateway",
                          name, moved)
+
+    async def lead(self) -> None:
+        """Take or keep the lead: its term ends `failover_after` from now on the
+        store's lease clock unless renewed (every heartbeat), so a router cut off
+        from the store loses it within that time and another one leads."""
+        try:
+            leading = await self.store.lead(LEADER, self.owner, self.topo.queue.failover_after)
+        except Exception:
+            self.leading = False  # not known to lead: another router may by now
+            raise
+        if leading != self.leading:
+            log.info("%s %s the network's failover and purge", self.owner,
+                     "now leads" if leading else "no longer leads")
+        self.leading = leading
 
     def takes_over(self, postoffice: str, stopped: str) -> bool:
         try:
