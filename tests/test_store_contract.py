@@ -1304,3 +1304,34 @@ async def test_a_leader_that_resigns_is_followed_at_once(store: Store, b: Backen
     assert not await store.lead("router", "r2", 60.0)
     await store.resign("router", "r1")
     assert await store.lead("router", "r2", 60.0)
+
+
+# -- PostgreSQL specifics --------------------------------------------------------------
+
+
+def test_postgres_watchers_hear_of_work_another_store_commits(
+    pg_url: str, tmp_path: Path
+) -> None:
+    async def main() -> None:
+        watching = PgStore(pg_url, staging=tmp_path / "a")
+        other = PgStore(pg_url, staging=tmp_path / "b")
+        try:
+            router, sender = asyncio.Event(), asyncio.Event()
+            watching.watch(ROUTER, router)
+            watching.watch(SEND, sender)
+            await asyncio.wait_for(router.wait(), 30)  # listening: it looks once then
+            router.clear()
+            sender.clear()
+            await asyncio.sleep(0.3)
+            assert not router.is_set()  # nothing new: no wake-up
+            await other.enqueue(message())
+            await asyncio.wait_for(router.wait(), 30)
+            assert not sender.is_set()  # another queue's work wakes its own watchers only
+            job = await claim_one(other)
+            await other.complete([Moved(job, "HQ", SEND)])
+            await asyncio.wait_for(sender.wait(), 30)
+        finally:
+            await watching.aclose()
+            await other.aclose()
+
+    asyncio.run(main())

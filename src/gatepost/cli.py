@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -380,3 +380,107 @@ def diagram_command(config: Path | None, fmt: str) -> None:
     """Draw the topology as text (100 columns) or SVG."""
     topo = topology(config)
     click.echo(drawing.text(topo) if fmt == "text" else drawing.svg(topo), nl=False)
+
+
+# -- the store: schema and copy ----------------------------------------------------
+
+
+@main.group("store")
+def store_group() -> None:
+    """The store's schema (init, migrate, check), and copying a SQLite store into PostgreSQL."""
+
+
+def store_version(topo: Topology, migrate: bool, check: bool = False) -> tuple[int, int, str]:
+    """Open the topology's store (`migrate`: upgrade an older schema): the schema
+    version found before (0: none), the version now, and its check ("" unless
+    `check`). Any failure is printed, naming network.store, with exit 1."""
+    from gatepost.send.credentials import store_password
+    from gatepost.store import copy as copying
+
+    async def opened(store: Store) -> tuple[int, str]:
+        return await store.version(), await store.check() if check else ""
+
+    async def run() -> tuple[int, str]:
+        store = network_store(topo, migrate=migrate)
+        try:
+            return await opened(store)
+        finally:
+            await store.aclose()
+
+    try:
+        before = copying.stored_version(topo.store, store_password(topo))
+        if check and not before:
+            raise ValueError("no schema yet; `gatepost store init` creates it")
+        return (before, *asyncio.run(run()))
+    except StoreBehind as error:
+        hint = "" if migrate else "; `gatepost store migrate` upgrades it"
+        store_error(topo, f"{error}{hint}")
+    except (MissingSecret, StoreDamaged, RuntimeError, ValueError, *copying.ERRORS) as error:
+        store_error(topo, str(error))
+
+
+def store_error(topo: Topology, text: str) -> NoReturn:
+    click.echo(f"error: network.store {topo.store}: {one_line(text)}", err=True)
+    sys.exit(1)
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@store_group.command("init")
+@config_option
+def store_init_command(config: Path | None) -> None:
+    """Create the schema of the topology's store (an empty file or database)."""
+    topo = topology(config)
+    before, version, _ = store_version(topo, migrate=False)
+    click.echo(f"network.store {topo.store}: {schema_change(before, version)}")
+
+
+@store_group.command("migrate")
+@config_option
+def store_migrate_command(config: Path | None) -> None:
+    """Upgrade an older schema (stop the processes of an older gatepost first)."""
+    topo = topology(config)
+    before, version, _ = store_version(topo, migrate=True)
+    click.echo(f"network.store {topo.store}: {schema_change(before, version)}")
+
+
+def schema_change(before: int, version: int) -> str:
+    if not before:
+        return f"created schema {version}"
+    if before == version:
+        return f"schema {version} already there"
+    return f"schema {before} upgraded to {version}"
+
+
+@store_group.command("check")
+@config_option
+def store_check_command(config: Path | None) -> None:
+    """The schema version, and a check of the whole store; exit 1 when damaged."""
+    topo = topology(config)
+    _, version, found = store_version(topo, migrate=False, check=True)
+    if found != "ok":
+        store_error(topo, f"schema {version}, damaged: {found}")
+    click.echo(f"network.store {topo.store}: schema {version}, ok")
+
+
+@store_group.command("copy")
+@click.argument("src")
+@click.argument("dst")
+@click.option("--password-env", metavar="VAR", default=None,
+              help="Environment variable holding DST's password (else PGPASSWORD or ~/.pgpass).")
+def store_copy_command(src: str, dst: str, password_env: str | None) -> None:
+    """Copy a stopped network's SQLite store SRC (sqlite:/path.db) with all its mail
+    into the empty PostgreSQL store DST (postgresql://user@host/dbname), in one
+    transaction; refused while SRC's network runs or when DST holds mail."""
+    from gatepost.store import copy as copying
+
+    password = None if password_env is None else os.environ.get(password_env, "")
+    try:
+        if password == "":
+            raise copying.CopyRefused(f"--password-env: {password_env} is not set")
+        click.echo(copying.copy_store(src, dst, password))
+    except (copying.CopyRefused, *copying.ERRORS) as error:
+        click.echo(f"error: store copy: {one_line(str(error))}", err=True)
+        sys.exit(1)

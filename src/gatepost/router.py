@@ -97,6 +97,7 @@ class Router:
                     await self.store.resign(LEADER, self.owner)
 
     async def _run(self, stop: asyncio.Event) -> None:
+        self.store.watch(ROUTER, self.wakeup)
         await leases.reclaim(self.store, ROUTER)
         timing, purged = self.topo.queue, -float("inf")
         while not stop.is_set():

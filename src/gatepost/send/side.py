@@ -154,6 +154,7 @@ class SendSide:
         self.wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        self.store.watch(self.queue, self.wakeup)
         await leases.reclaim(self.store, self.queue)
         workers = [self.worker(stop) for _ in range(self.sessions)]
         await asyncio.gather(self.heartbeat(stop), *workers)

@@ -28,6 +28,7 @@ The interface is split by caller: `Intake` (receive side, CLI submit),
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -257,6 +258,14 @@ class Intake(Protocol):
 
 class Workers(Protocol):
     """What the router and the send sides work with: claims, renewals, outcomes."""
+
+    poll: float  # seconds between looks at an idle queue (`due`): work that no wake-up told of
+
+    def watch(self, queue: str, wakeup: asyncio.Event) -> None:
+        """Set `wakeup` (on the running event loop) when another process commits
+        work for `queue`, where the backend hears of it (PostgreSQL's LISTEN);
+        a wake-up may be lost, so callers still look every `poll` seconds."""
+        ...
 
     async def claim(self, queue: str, owner: str, limit: int, lease: float) -> list[Job]:
         """Lease up to `limit` claimable jobs of `queue` for `lease` seconds of

@@ -11,6 +11,7 @@ Must not know: SQL, SMTP, topology or retry policy.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 import tempfile
@@ -55,6 +56,7 @@ from .base import (
 )
 from .clock import Clock
 from .ids import QUEUE_IDS
+from .waiting import POLL
 
 _START: QueueKey = (float("-inf"), "", -1)  # before every job
 T = TypeVar("T")
@@ -117,6 +119,8 @@ class _Row:
 
 class MemoryStore:
     """The Store in memory, for one event loop."""
+
+    poll = POLL
 
     def __init__(self, clock: Clock | None = None, spool: Path | None = None) -> None:
         self.clock = clock if clock is not None else Clock()
@@ -394,6 +398,9 @@ class MemoryStore:
     async def alive(self, within: float) -> set[str]:
         since = self.clock.lease() - within
         return {name for name, (_, seen) in self._workers.items() if seen >= since}
+
+    def watch(self, queue: str, wakeup: asyncio.Event) -> None:
+        """Other processes' commits are not heard of here: `poll` finds them."""
 
     async def due(self, queue: str) -> bool:
         now, lease_now = self.clock.wall(), self.clock.lease()

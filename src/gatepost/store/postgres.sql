@@ -89,6 +89,10 @@ SELECT version FROM gatepost_schema
 -- name: lease_now
 SELECT extract(epoch FROM clock_timestamp())::float8
 
+-- name: notify
+-- Delivered to every listener when the transaction commits (never before).
+SELECT pg_notify(%s, queue) FROM unnest(%s::text[]) AS queue
+
 -- name: job_columns
 j.message_id, j.rcpt_id, m.sender, j.address, j.mailbox, j.location, m.origin, j.queue,
 j.attempts, j.created, j.first_attempt, m.size, m.warned, m.hop_count

@@ -64,6 +64,15 @@ CONNECT: dict[str, Any] = {
 }
 
 
+NOTIFY_CHANNEL = "gatepost_work"  # payload: the queue that has new work
+
+
+def connect(conninfo: str, password: str | None = None) -> psycopg.Connection[Any]:
+    """A connection in autocommit mode with the timeouts above."""
+    extra: dict[str, Any] = {} if password is None else {"password": password}
+    return psycopg.connect(conninfo, autocommit=True, **CONNECT, **extra)
+
+
 class PgDb(SqlDb):
     """The store on one PostgreSQL connection. Use one instance per thread at a time.
     `clock`: None reads leases from the database's clock (as every host must);
@@ -76,8 +85,7 @@ class PgDb(SqlDb):
         self.spool = staging
         self.clock = clock or Clock()
         self._db_clock = clock is None
-        extra: dict[str, Any] = {} if password is None else {"password": password}
-        self._conn = psycopg.connect(conninfo, autocommit=True, **CONNECT, **extra)
+        self._conn = connect(conninfo, password)
         self._cursor = self._conn.cursor()
         self._tx = Tx(self._execute, self._executemany, Q)
         try:
@@ -108,6 +116,10 @@ class PgDb(SqlDb):
         if not self._db_clock:
             return self.clock.lease()
         return float(tx.execute("lease_now").fetchone()[0])
+
+    def _notify(self, tx: Tx, queues: set[str]) -> None:
+        if queues:
+            tx.execute("notify", (NOTIFY_CHANNEL, sorted(queues)))
 
     def _keep_content(self, tx: Tx, messages: Sequence[NewMessage], ids: Sequence[str]) -> None:
         for message_id, msg in zip(ids, messages, strict=True):

@@ -33,6 +33,7 @@ from .base import (
     CANCELLED,
     FINAL,
     NON_FINAL,
+    ROUTER,
     STATES,
     WAITS,
     WITHDRAWN,
@@ -150,6 +151,10 @@ class SqlDb:
         """A content row (content_file, content, size, message id) to read."""
         raise NotImplementedError
 
+    def _notify(self, tx: Tx, queues: set[str]) -> None:
+        """In the transaction: tell other processes, at its commit, that `queues`
+        have new work (where the backend can; they poll anyway)."""
+
     def _remove_files(self, names: list[str]) -> None:
         """Spool files whose messages are committed gone."""
 
@@ -186,6 +191,7 @@ class SqlDb:
         with self._write(durable=True) as tx:
             ids = _insert_messages(tx, messages, now)
             self._keep_content(tx, messages, ids)
+            self._notify(tx, {ROUTER})
         self._enqueued(messages)
         return ids
 
@@ -238,6 +244,7 @@ class SqlDb:
         results: list[Renewal | list[str]] = []
         with self._write() as tx:
             lease_now = self.lease_now(tx) if any(isinstance(w, Renew) for w in work) else 0.0
+            woken: set[str] = set()
             for each in work:
                 if isinstance(each, Renew):
                     results.append(_renew(tx, each.jobs, lease_now + each.lease))
@@ -247,6 +254,9 @@ class SqlDb:
                 added = [*each.new, *first]
                 ids = _insert_messages(tx, added, now) if added else []
                 results.append(ids[: len(each.new)])
+                woken |= {o.queue for o in each.outcomes if isinstance(o, Moved)}
+                woken |= {ROUTER} if added else set()
+            self._notify(tx, woken)
         self._remove_files(files)
         return results
 
@@ -269,6 +279,7 @@ class SqlDb:
             params = (queue, self.lease_now(tx), list(dead), list(origins))
             rows = tx.execute("failover_rows", self.listed(params)).fetchall()
             files = _hand_back(tx, rows, now, "to_router", ("requeue", f"from {queue}"))
+            self._notify(tx, {ROUTER} if rows else set())
         self._remove_files(files)
         return len(rows)
 

@@ -40,6 +40,7 @@ from .base import (
 from .clock import Clock
 from .spool import read_head
 from .sqldb import Complete, Renew, SqlDb
+from .waiting import POLL
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -102,6 +103,8 @@ class Gathered(Generic[T, R]):
 
 class ThreadedStore:
     """`open_db` opens one SqlDb; each of `threads` worker threads opens its own."""
+
+    poll = POLL
 
     def __init__(
         self, open_db: Callable[[], SqlDb], clock: Clock, max_batch: int = MAX_BATCH,
@@ -207,6 +210,9 @@ class ThreadedStore:
 
     async def resign(self, duty: str, owner: str) -> None:
         await self._call(lambda db: db.resign(duty, owner))
+
+    def watch(self, queue: str, wakeup: asyncio.Event) -> None:
+        """Other processes' commits are not heard of here: `poll` finds them."""
 
     async def due(self, queue: str) -> bool:
         return await self._call(lambda db: db.due(queue, self.clock.wall()))

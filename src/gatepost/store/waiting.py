@@ -1,7 +1,8 @@
 """How the router and the send side wait for work without busy-looping.
 
-In-process wake-ups are hints; a cheap read-only look at the store every POLL
-seconds finds work that another process added. Knows nothing about mail.
+In-process wake-ups are hints, and so are the store's (`Workers.watch`); a
+cheap read-only look at the store every `poll` seconds finds work that another
+process added. Knows nothing about mail.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import time
 
 from .base import Workers
 
-POLL = 0.05  # seconds between read-only looks at the queue when nothing woke us
+POLL = 0.05  # seconds between read-only looks at the queue when nothing woke us (a
+# store that hears of other processes' commits looks less often: its `poll`)
 
 
 async def idle(
@@ -26,7 +28,7 @@ async def idle(
     deadline = time.monotonic() + limit
     found = False
     while not (stop.is_set() or found) and time.monotonic() < deadline:
-        await wait_any(wakeup, stop, POLL)
+        await wait_any(wakeup, stop, store.poll)
         found = wakeup.is_set() or await store.due(queue)
     wakeup.clear()
     return found
