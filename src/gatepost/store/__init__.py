@@ -90,18 +90,20 @@ __all__ = [
 
 def open_store(
     url: str, clock: Clock | None = None, migrate: bool = True, password: str | None = None,
+    staging: Path | None = None,
 ) -> Store:
     """Open the store named by `url`: "sqlite:/abs/path.db", "sqlite:rel/path.db",
     "sqlite:///abs/path.db", or a PostgreSQL URL "postgresql://user@host:port/db"
     (`password`, else libpq's PGPASSWORD or ~/.pgpass). `migrate`: upgrade an
     older schema (a command other than `gatepost run` must not, while older
     processes may still run). `clock`: for tests; PostgreSQL's leases are
-    otherwise on the database's clock."""
+    otherwise on the database's clock. `staging`: where a database server's
+    large content waits on this host until it is stored (default: a temporary folder)."""
     scheme, sep, rest = url.partition(":")
     if scheme in POSTGRES_SCHEMES and rest.startswith("//"):
         from .postgres import PgStore  # psycopg is loaded only for a PostgreSQL store
 
-        return PgStore(url, clock, migrate=migrate, password=password)
+        return PgStore(url, clock, migrate=migrate, password=password, staging=staging)
     if scheme != "sqlite" or not sep or not rest:
         raise ValueError(f"unsupported store URL {url!r}; expected sqlite:/path/to/file.db "
                          "or postgresql://user@host/dbname")

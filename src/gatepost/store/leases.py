@@ -21,7 +21,9 @@ from typing import Self
 
 from .base import Job, JobKey, Workers, key_of
 
-HOST = socket.gethostname()
+# The name this host goes by in lease owners: GATEPOST_HOST where several hosts
+# share one name (containers, network namespaces), else the hostname.
+HOST = os.environ.get("GATEPOST_HOST") or socket.gethostname()
 MARGIN = 0.1  # of a lease: a renewal must come back this long before the lease ends
 log = logging.getLogger("gatepost.leases")
 
