@@ -166,7 +166,7 @@ class PgDb(SqlDb):
                 return found, out
 
     def broken(self, error: Exception) -> bool:
-        return self._conn.closed or self._conn.broken or isinstance(error, psycopg.OperationalError)
+        return bool(self._conn.closed or self._conn.broken)  # not a deadlock: that rolls back
 
     def transient(self, error: Exception) -> bool:
         return isinstance(
