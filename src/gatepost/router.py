@@ -147,8 +147,9 @@ class Router:
                 continue
             origins = [po for po in gateway.serves if self.takes_over(po, name)]
             queue = send_queue(name)
-            dead = [owner for owner in await self.store.owners(queue) if leases.dead_here(owner)]
-            moved = await self.store.requeue(queue, origins, dead)
+            # Its mail in delivery too: the process that holds it has died, or is cut off
+            # from the store and sends no final dot (QueueTiming.fence) by now.
+            moved = await self.store.requeue(queue, origins, list(await self.store.owners(queue)))
             if moved:
                 log.info("gateway %s is not running: %d recipients go to another gateway",
                          name, moved)

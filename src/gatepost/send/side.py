@@ -190,7 +190,8 @@ class SendSide:
                         await self.release(link)
                         link = None
                     continue
-                async with Attempt(self.store, jobs, self.timing.lease, claimed) as attempt:
+                fence = self.timing.fence
+                async with Attempt(self.store, jobs, self.timing.lease, claimed, fence) as attempt:
                     for destination, group in by_destination(jobs, self.mx is not None):
                         link = await self.deliver(attempt, link, destination, group)
         finally:

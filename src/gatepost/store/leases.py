@@ -54,19 +54,27 @@ async def reclaim(store: Workers, queue: str) -> int:
 
 class Attempt:
     """The lease of one claim, kept while its attempt runs, however long a
-    remote host takes: renewed every third of a lease; the jobs it lost and the
+    remote host takes: renewed every half of `fresh`; the jobs it lost and the
     admin actions waiting for it are noted as renewals report them.
 
     `before_dot` says whether a message's final dot may go. The first one
     extends the whole claim's lease past the final reply's timeout, and from
     then on every renewal does: a later dot goes at once while what the store
-    last said is fresh (under a third of a lease old) and the lease outlasts
-    the wait; otherwise it asks the store again first. Durations are monotonic."""
+    last said is fresh (asked for under `fresh` seconds ago) and the lease
+    outlasts the wait; otherwise it asks the store again first, so a process
+    cut off from the store stops sending within `fresh`, before the router
+    gives its mail to another gateway. Durations are monotonic."""
 
-    def __init__(self, store: Workers, jobs: list[Job], lease: float, claimed: float) -> None:
-        """`claimed`: time.monotonic() when the claim was asked for."""
+    def __init__(
+        self, store: Workers, jobs: list[Job], lease: float, claimed: float,
+        fresh: float | None = None,
+    ) -> None:
+        """`claimed`: time.monotonic() when the claim was asked for. `fresh`: how
+        long what the store last said holds for a dot (default a third of the
+        lease); renewals come twice as often."""
         self.store = store
         self.lease = lease
+        self.fresh = lease / 3 if fresh is None else min(fresh, lease / 3)
         self.open = {key_of(job): job for job in jobs}  # not yet decided
         self.held_until = claimed + lease  # the lease ends no earlier than this
         self.heard = claimed  # when the last renewal that came back was asked for
@@ -102,7 +110,7 @@ class Attempt:
 
     async def _renew_often(self) -> None:
         while True:
-            await asyncio.sleep(self.lease / 3)
+            await asyncio.sleep(self.fresh / 2)
             try:
                 await self.renew()
             except Exception as error:  # noqa: BLE001 - try again at the next third
@@ -126,7 +134,7 @@ class Attempt:
         "lost" (another attempt has them, or the store did not answer while
         the lease lasted) or the admin action waiting ("hold", "delete")."""
         now = time.monotonic()
-        fresh = now - self.heard < self.lease / 3
+        fresh = now - self.heard < self.fresh
         if not (fresh and self.held_until - now >= final_wait + self.lease * MARGIN):
             room = self.held_until - now - self.lease * MARGIN
             if room <= 0 or self.gone(jobs):

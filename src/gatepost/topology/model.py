@@ -163,6 +163,13 @@ class QueueTiming:
     heartbeat: float = 1.0  # a running send side says so this often
     failover_after: float = 5.0  # a send side silent this long counts as stopped
 
+    @property
+    def fence(self) -> float:
+        """How long a send side goes on sending final dots on the store's last word
+        (then it asks again, and sends none while the store is away): shorter than
+        the time between its last heartbeat and another gateway taking its mail over."""
+        return min(self.lease / 3, (self.failover_after - self.heartbeat) / 2)
+
 
 @dataclass(frozen=True, slots=True)
 class Topology:
