@@ -1319,7 +1319,8 @@ def test_postgres_watchers_hear_of_work_another_store_commits(
             router, sender = asyncio.Event(), asyncio.Event()
             watching.watch(ROUTER, router)
             watching.watch(SEND, sender)
-            await asyncio.wait_for(router.wait(), 30)  # listening: it looks once then
+            await asyncio.wait_for(router.wait(), 30)  # listening: it wakes every watcher then
+            await asyncio.sleep(0.3)  # every one
             router.clear()
             sender.clear()
             await asyncio.sleep(0.3)

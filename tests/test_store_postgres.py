@@ -695,10 +695,6 @@ def first_calls(url: str) -> list[object]:
     return run(body, timeout=60)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "postgres_db.prepare: after waiting for the schema lock, has_schema (to_regclass) still"
-    " answers from the session's catalog cache that the table does not exist, so a second"
-    " opener runs schema_1 again: DuplicateTable"))
 def test_stores_opened_together_create_the_schema_once(pg_url: str) -> None:
     """Stores that start while another host holds the schema lock (it is creating
     the schema, or about to) all wait for it, then find the schema: none fails."""

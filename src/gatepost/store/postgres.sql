@@ -81,7 +81,11 @@ INSERT INTO gatepost_schema (version) VALUES (1)
 SELECT pg_advisory_xact_lock(7305150514350325)
 
 -- name: has_schema
-SELECT to_regclass('gatepost_schema') IS NOT NULL
+-- From the catalog table itself: to_regclass answers from this session's cache,
+-- which may not yet show a table that another session created while we waited.
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relname = 'gatepost_schema' AND n.nspname = current_schema())
 
 -- name: schema_version
 SELECT version FROM gatepost_schema
