@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
+import hashlib
 import json
 import os
 import signal
@@ -82,15 +83,14 @@ class Node:
         self.process: subprocess.Popen[bytes] | None = None
         self.mark = 0  # where the current run's output starts in the log
 
-    def start(self, timeout: float = 120) -> None:
-        """Start the roles and return once the process printed `gatepost: ready`."""
+    def launch(self) -> None:
+        """Start the roles (see `ready`)."""
         self.mark = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as handle:
             self.process = self.host.popen(
                 [sys.executable, "-m", "gatepost", "-c", self.config, "run",
                  "--only", ",".join(self.roles)],
                 stdout=handle, stderr=subprocess.STDOUT, env=self.env)
-        wait_until(self.ready, timeout, f"gatepost on {self.name} to be ready")
 
     def ready(self) -> bool:
         if self.process is None or self.process.poll() is not None:
@@ -265,13 +265,14 @@ class Site:
             return self.outside.popen([sys.executable, __file__, script, *args],
                                       stdout=subprocess.DEVNULL, stderr=handle)
 
-    def start(self, *hosts: str) -> None:
+    def start(self, *hosts: str, timeout: float = 120) -> None:
         """Start (again) the gatepost process of these hosts (default: every one) at
-        once; returns once all are ready."""
+        once; returns once each printed `gatepost: ready`."""
         chosen = [self.nodes[n] for n in hosts or self.nodes if self.nodes[n].roles]
-        with ThreadPoolExecutor(len(chosen)) as pool:
-            for future in [pool.submit(node.start) for node in chosen]:
-                future.result()
+        for node in chosen:
+            node.launch()
+        for node in chosen:
+            wait_until(node.ready, timeout, f"gatepost on {node.name} to be ready")
 
     def kill(self, host: str) -> None:
         """kill -9 every process of `host` (a crash)."""
@@ -280,7 +281,7 @@ class Site:
     def stop(self) -> dict[str, int | None]:
         """Stop every gatepost process (SIGTERM, then SIGKILL) and the sink; the exit
         statuses by host (None: never started)."""
-        with ThreadPoolExecutor(len(self.nodes)) as pool:
+        with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
             codes = dict(zip(self.nodes, pool.map(Node.stop, self.nodes.values())))
         if getattr(self, "sink", None) is not None and self.sink.poll() is None:
             self.sink.kill()
@@ -290,7 +291,12 @@ class Site:
     def close(self) -> None:
         self._stack.close()
 
+    def host(self, name: str) -> Any:
+        """The Host (tests/hosts.py) `name`, e.g. for `site.net.cut(site.host("send"), site.db)`."""
+        return self.net.hosts[name]
+
     def cli(self, *args: str, host: str = "db") -> str:
+        """A gatepost command on `host` (default db); its output (it must succeed)."""
         return self.nodes[host].cli(*args)
 
     def mailq(self, host: str = "db") -> list[dict[str, Any]]:
@@ -337,15 +343,17 @@ class Site:
                          for n, node in self.nodes.items() if node.roles)
 
     def stream(self, gateway: str, sender: str, recipients: Sequence[str], count: int,
-               rate: float = 20.0, prefix: str = "t", timeout: float = 10.0) -> Stream:
-        """Send `count` messages from the outside host into receive gateway `gateway`,
-        `rate` a second, each with a unique token (TOKEN header and Subject PREFIX-N)
-        to the recipients in turn; reconnects after any failure. Runs in the background."""
+               rate: float = 20.0, prefix: str = "t", timeout: float = 10.0,
+               size: int = 0) -> Stream:
+        """Send `count` messages (bodies of about `size` bytes) from the outside host into
+        receive gateway `gateway`, `rate` a second, each with a unique token (TOKEN header
+        and Subject PREFIX-N) to the recipients in turn; reconnects after any failure
+        (SMTP `timeout` seconds). Runs in the background."""
         host, _, port = self.data["gateways"][gateway]["listen"].rpartition(":")
         results = self.directory / "outside" / f"stream-{prefix}.jsonl"
         return Stream(self._outside(
             "stream", results.with_suffix(".err"), host, port, sender, ",".join(recipients),
-            str(count), str(rate), prefix, str(timeout), results), results)
+            str(count), str(rate), prefix, str(timeout), str(size), results), results)
 
 
 # -- the scripts run in the outside host -------------------------------------------------
@@ -363,7 +371,7 @@ async def serve_sink(address: str, delay: float, log: Any, ready: Path, ports: l
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer, port = writer.get_extra_info("peername")[0], writer.get_extra_info("sockname")[1]
-        sender, rcpts = "", []  # from the last MAIL
+        sender, rcpts = "", list[str]()  # from the last MAIL
         writer.write(b"220 sink ESMTP\r\n")
         while line := await reader.readline():
             verb = line[:4].upper()
@@ -381,11 +389,13 @@ async def serve_sink(address: str, delay: float, log: Any, ready: Path, ports: l
                     lines.append(chunk[1:] if chunk.startswith(b".") else chunk)
                 if not chunk:
                     break  # cut before the final dot: not received
-                head = parser.parsebytes(b"".join(lines))
+                data = b"".join(lines)
+                head = parser.parsebytes(data)
                 token = head.get(TOKEN) or head.get("Subject", "")
                 log.write(json.dumps({
                     "port": port, "peer": peer, "from": sender, "to": rcpts, "token": str(token),
-                    "message_id": str(head.get("Message-ID", "")), "at": time.time()}) + "\n")
+                    "message_id": str(head.get("Message-ID", "")), "size": len(data),
+                    "digest": digest(data.partition(b"\r\n\r\n")[2]), "at": time.time()}) + "\n")
                 log.flush()  # the host has it, whatever becomes of the reply
                 await asyncio.sleep(delay)
             elif verb == b"QUIT":
@@ -402,18 +412,23 @@ async def serve_sink(address: str, delay: float, log: Any, ready: Path, ports: l
     await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
+def digest(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
 def stream_main(host: str, port: str, sender: str, recipients: str, count: str, rate: str,
-                prefix: str, timeout: str, out: str) -> None:
-    """Send COUNT messages at RATE a second, one JSON line each to OUT:
-    {"token", "rcpt", "code", "error", "at"} (code 0: no reply to DATA)."""
+                prefix: str, timeout: str, size: str, out: str) -> None:
+    """Send COUNT messages of about SIZE bytes at RATE a second, one JSON line each to OUT:
+    {"token", "rcpt", "code", "error", "digest" (of the body), "at"} (0: no reply to DATA)."""
     rcpts, client = recipients.split(","), None
     start = time.monotonic()
     with open(out, "a") as log:
         for n in range(int(count)):
             time.sleep(max(0.0, start + n / float(rate) - time.monotonic()))
             token, rcpt = f"{prefix}-{n}", rcpts[n % len(rcpts)]
+            body = f"{token}\r\n".encode() + f"{n:<76}\r\n".encode() * (int(size) // 78)
             message = (f"From: {sender}\r\nTo: {rcpt}\r\nSubject: {token}\r\n{TOKEN}: {token}\r\n"
-                       f"Message-ID: <{token}.{start}@outside.example>\r\n\r\n{token}\r\n")
+                       f"Message-ID: <{token}.{start}@outside.example>\r\n\r\n").encode() + body
             error = ""
             try:
                 if client is None:
@@ -423,14 +438,15 @@ def stream_main(host: str, port: str, sender: str, recipients: str, count: str, 
                 if code == 250:
                     code, reply = client.rcpt(rcpt)
                 if code == 250:
-                    code, reply = client.data(message.encode())
+                    code, reply = client.data(message)
                 if code != 250:
                     error = reply.decode(errors="replace")
                     client.rset()
             except (OSError, smtplib.SMTPException) as exc:  # 250 only from DATA, never here
                 code, error, client = 0, repr(exc), None
             log.write(json.dumps({"token": token, "rcpt": rcpt, "code": code,
-                                  "error": error, "at": time.time()}) + "\n")
+                                  "error": error, "digest": digest(body), "at": time.time()})
+                      + "\n")
             log.flush()
     if client is not None:
         with suppress(OSError, smtplib.SMTPException):
@@ -438,4 +454,4 @@ def stream_main(host: str, port: str, sender: str, recipients: str, count: str, 
 
 
 if __name__ == "__main__":
-    {"sink": sink_main, "stream": stream_main}[sys.argv[1]](*sys.argv[2:])
+    (sink_main if sys.argv[1] == "sink" else stream_main)(*sys.argv[2:])

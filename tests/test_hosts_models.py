@@ -34,7 +34,7 @@ def addressable(data: dict[str, Any]) -> list[str]:
 
 
 def exit_gateway(data: dict[str, Any], postoffice: str) -> str:
-    return next(name for name, gw in data["gateways"].items()
+    return next(str(name) for name, gw in data["gateways"].items()
                 if gw.get("role", "both") in ("both", "send") and postoffice in gw["serves"])
 
 
@@ -62,6 +62,10 @@ def test_model_across_hosts_carries_mail_both_ways_exactly_once(
         relayed = {f"relay-{r}-{po}-0": po for r in receivers for po in offices}
         streams += [site.stream(r, mailbox_of(data, po), [OUTSIDE], 1, prefix=f"relay-{r}-{po}")
                     for r in receivers for po in offices]
+        # ...and a large one (3 MB: staged on the receiving host, read in chunks by the sender).
+        relayed |= {f"big-{r}-0": offices[-1] for r in receivers}
+        streams += [site.stream(r, mailbox_of(data, offices[-1]), [OUTSIDE], 1, prefix=f"big-{r}",
+                                size=3_000_000, timeout=60) for r in receivers]
         # Outbound, submitted: `gatepost send` from every postoffice, on the gateway hosts in turn.
         submitted = {f"out-{po}": po for po in offices}
         for n, po in enumerate(offices):
@@ -89,6 +93,10 @@ def test_model_across_hosts_carries_mail_both_ways_exactly_once(
         outbound = {**relayed, **submitted}
         sunk = site.sunk()
         assert sorted(row["token"] for row in sunk) == sorted(outbound), sunk
+        sent = {row["token"]: row["digest"] for stream in streams for row in stream.rows()}
+        assert {row["token"]: row["digest"] for row in sunk if row["token"] in sent} == {
+            token: sent[token] for token in relayed}  # bodies arrive as they were sent
+        assert sum(row["size"] > 3_000_000 for row in sunk) == len(receivers)
         for row in sunk:
             gateway = exit_gateway(data, outbound[row["token"]])
             assert row["host"] == site.gateway_host[gateway], row
