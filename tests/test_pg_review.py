@@ -176,11 +176,6 @@ class LateReplies:
         return renewal
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "leases.Attempt.before_dot: after asking the store it sends the dot on any answer "
-    "that comes back within the lease, however long after it was asked; a renewal done "
-    "before a takeover but answered after it lets a cut-off gateway send mail that "
-    "another gateway now holds (the fence is not re-checked after the renewal)"))
 def test_a_renewal_answered_after_the_takeover_sends_no_dot(tmp_path: Path) -> None:
     config = tmp_path / "fence.toml"
     config.write_text(FENCE_TOPOLOGY)
@@ -342,11 +337,6 @@ def test_an_enqueue_whose_commit_answer_is_lost_is_not_answered_250_twice(
 # -- 4. failover on a stale view of who runs -----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "router.Router.failover: the heartbeats are read (alive) before lead, owners and "
-    "requeue, and requeue takes every active job of the queue whatever its lease; a "
-    "gateway that is back by then loses the mail it has just claimed and is sending "
-    "(the fence only covers a gateway that is still silent)"))
 def test_failover_takes_nothing_a_gateway_claimed_after_its_heartbeat_came_back(
         tmp_path: Path) -> None:
     config = tmp_path / "fence.toml"

@@ -1336,3 +1336,17 @@ def test_postgres_watchers_hear_of_work_another_store_commits(
             await other.aclose()
 
     asyncio.run(main())
+
+
+@contract
+async def test_requeue_spares_jobs_of_a_gone_owner_that_heartbeats_again(
+    store: Store, b: Backend
+) -> None:
+    await enqueue(store, message())
+    await store.complete([Moved(await claim_one(store), "HQ", SEND)])
+    await claim_one(store, SEND, owner="send:GW1@a:1")
+    await store.heartbeat("gateway:GW1", "send:GW1@a:1")  # it is back
+    assert await store.requeue(SEND, ["SALES"], ["send:GW1@a:1"], within=5.0) == 0
+    b.clock.step(lease=6.0)  # silent again, its lease still runs
+    assert await store.requeue(SEND, ["SALES"], ["send:GW1@a:1"], within=5.0) == 1
+    assert [(e.queue, e.state) for e in await store.queue()] == [(ROUTER, "incoming")]

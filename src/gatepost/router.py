@@ -149,7 +149,9 @@ class Router:
             queue = send_queue(name)
             # Its mail in delivery too: the process that holds it has died, or is cut off
             # from the store and sends no final dot (QueueTiming.fence) by now.
-            moved = await self.store.requeue(queue, origins, list(await self.store.owners(queue)))
+            owners = list(await self.store.owners(queue))
+            within = self.topo.queue.failover_after  # unless it is back by now
+            moved = await self.store.requeue(queue, origins, owners, within)
             if moved:
                 log.info("gateway %s is not running: %d recipients go to another gateway",
                          name, moved)

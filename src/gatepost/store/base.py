@@ -339,10 +339,14 @@ class Workers(Protocol):
         """Give back every job of `queue` leased by `owner` (it died)."""
         ...
 
-    async def requeue(self, queue: str, origins: Sequence[str], dead: Sequence[str] = ()) -> int:
+    async def requeue(
+        self, queue: str, origins: Sequence[str], dead: Sequence[str] = (), within: float = 0.0
+    ) -> int:
         """Hand the jobs of `queue` whose message origin is in `origins` back to
         the router: the gateway stopped, another one takes them. Active jobs go
-        too when their lease ran out or their owner is among the `dead`."""
+        too when their lease ran out, or when their owner is among the `dead`
+        and has not heartbeated in the last `within` lease-clock seconds (one
+        that is back keeps what it holds). One transaction."""
         ...
 
     async def purge(self, final_retention: float, trace_retention: float) -> int:

@@ -133,17 +133,24 @@ class Attempt:
         outlasts `final_wait` (the final reply's timeout). Otherwise why not:
         "lost" (another attempt has them, or the store did not answer while
         the lease lasted) or the admin action waiting ("hold", "delete")."""
-        now = time.monotonic()
-        fresh = now - self.heard < self.fresh
-        if not (fresh and self.held_until - now >= final_wait + self.lease * MARGIN):
-            room = self.held_until - now - self.lease * MARGIN
+        if not self._may_go(final_wait):
+            self.final_wait = max(self.final_wait, final_wait)
+        while not self._may_go(final_wait):
+            room = self.held_until - time.monotonic() - self.lease * MARGIN
             if room <= 0 or self.gone(jobs):
                 return "lost"
-            self.final_wait = max(self.final_wait, final_wait)
-            try:
-                async with asyncio.timeout(room):
+            try:  # an answer later than `fresh` may be one the router no longer stands by
+                async with asyncio.timeout(min(room, self.fresh)):
                     await self.renew()
+            except TimeoutError:
+                continue
             except Exception as error:  # noqa: BLE001 - a lease not known to hold is lost
-                log.warning("lease not renewed before the final dot: %s", error or "timed out")
+                log.warning("lease not renewed before the final dot: %s", error)
                 return "lost"
         return "lost" if self.gone(jobs) else self.cancelled(jobs)
+
+    def _may_go(self, final_wait: float) -> bool:
+        """Is what the store last said fresh, and does the lease outlast `final_wait`?"""
+        now = time.monotonic()
+        return (now - self.heard < self.fresh
+                and self.held_until - now >= final_wait + self.lease * MARGIN)

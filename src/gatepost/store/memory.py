@@ -352,12 +352,16 @@ class MemoryStore:
                 changes += self._admin(row, action, now)
         return changes
 
-    async def requeue(self, queue: str, origins: Sequence[str], dead: Sequence[str] = ()) -> int:
+    async def requeue(
+        self, queue: str, origins: Sequence[str], dead: Sequence[str] = (), within: float = 0.0
+    ) -> int:
         now, lease_now = self.clock.wall(), self.clock.lease()
+        back = {owner for owner, seen in self._workers.values() if seen >= lease_now - within}
+        gone = set(dead) - back
         rows = [
             r for r in self._rows(queue)
             if self._messages[r.message_id].origin in origins
-            and (r.state in ("incoming", "deferred") or r.expired(lease_now) or r.owner in dead)
+            and (r.state in ("incoming", "deferred") or r.expired(lease_now) or r.owner in gone)
         ]  # fmt: skip
         for row in rows:  # only an active job has an owner, or an action waiting
             if row.pending is not None:

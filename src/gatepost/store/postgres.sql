@@ -263,9 +263,12 @@ DELETE FROM leaders WHERE duty = %s AND owner = %s
 
 -- name: failover_rows
 SELECT j.message_id, j.rcpt_id, j.address, j.location, j.pending FROM jobs j
-WHERE j.queue = %s AND (j.state IN ('incoming', 'deferred')
-    OR (j.state = 'active' AND (j.lease_until < %s OR j.lease_owner = ANY(%s::text[]))))
-AND j.message_id IN (SELECT id FROM messages WHERE origin = ANY(%s::text[]))
+WHERE j.queue = %(p1)s AND (j.state IN ('incoming', 'deferred')
+    OR (j.state = 'active' AND (j.lease_until < %(p2)s
+        OR (j.lease_owner = ANY(%(p3)s::text[])
+            AND NOT EXISTS (SELECT 1 FROM workers w
+                WHERE w.owner = j.lease_owner AND w.seen >= %(p5)s)))))
+AND j.message_id IN (SELECT id FROM messages WHERE origin = ANY(%(p4)s::text[]))
 ORDER BY j.created, j.message_id, j.rcpt_id FOR UPDATE OF j SKIP LOCKED
 
 -- name: due

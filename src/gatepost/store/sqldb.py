@@ -271,12 +271,14 @@ class SqlDb:
         return len(rows)
 
     def requeue(
-        self, queue: str, origins: Sequence[str], now: float, dead: Sequence[str] = ()
+        self, queue: str, origins: Sequence[str], now: float, dead: Sequence[str] = (),
+        within: float = 0.0,
     ) -> int:
         if not origins:
             return 0
         with self._write() as tx:
-            params = (queue, self.lease_now(tx), list(dead), list(origins))
+            lease_now = self.lease_now(tx)
+            params = (queue, lease_now, list(dead), list(origins), lease_now - within)
             rows = tx.execute("failover_rows", self.listed(params)).fetchall()
             files = _hand_back(tx, rows, now, "to_router", ("requeue", f"from {queue}"))
             self._notify(tx, {ROUTER} if rows else set())

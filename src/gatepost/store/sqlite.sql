@@ -166,11 +166,13 @@ SELECT name FROM workers WHERE seen >= ?
 -- name: failover_rows
 -- Jobs of a stopped gateway's queue to hand back, for messages of the given
 -- origins (a JSON array): waiting ones, and active ones whose lease ran out
--- or whose owner (a JSON array) died.
+-- or whose owner (a JSON array) is gone: no heartbeat since ?5.
 SELECT j.message_id, j.rcpt_id, j.address, j.location, j.pending FROM jobs j
 WHERE j.queue = ?1 AND (j.state IN ('incoming', 'deferred')
     OR (j.state = 'active' AND (j.lease_until < ?2
-        OR j.lease_owner IN (SELECT value FROM json_each(?3)))))
+        OR (j.lease_owner IN (SELECT value FROM json_each(?3))
+            AND NOT EXISTS (SELECT 1 FROM workers w
+                WHERE w.owner = j.lease_owner AND w.seen >= ?5)))))
 AND j.message_id IN (SELECT id FROM messages WHERE origin IN (SELECT value FROM json_each(?4)))
 ORDER BY j.created, j.message_id, j.rcpt_id
 

@@ -232,8 +232,11 @@ class ThreadedStore:
     async def release_owner(self, queue: str, owner: str) -> int:
         return await self._call(lambda db: db.release_owner(queue, owner, self.clock.wall()))
 
-    async def requeue(self, queue: str, origins: Sequence[str], dead: Sequence[str] = ()) -> int:
-        return await self._call(lambda db: db.requeue(queue, origins, self.clock.wall(), dead))
+    async def requeue(
+        self, queue: str, origins: Sequence[str], dead: Sequence[str] = (), within: float = 0.0
+    ) -> int:
+        now = self.clock.wall()
+        return await self._call(lambda db: db.requeue(queue, origins, now, dead, within))
 
     async def purge(self, final_retention: float, trace_retention: float) -> int:
         def purge(db: SqlDb) -> int:
