@@ -177,7 +177,7 @@ class Site:
 
     def __init__(self, model: str, directory: Path, routers: Sequence[str] | None = None,
                  edit: Callable[[dict[str, Any]], None] | None = None,
-                 init_store: bool = True, sink_delay: float = 0.0) -> None:
+                 init_store: bool = False, sink_delay: float = 0.0) -> None:
         """`routers`: the hosts running the router (default: every gateway host); `edit`
         changes the topology data before it is written; `init_store`: `gatepost store
         init` before any host starts; `sink_delay`: seconds the smart hosts wait before
@@ -217,7 +217,7 @@ class Site:
         self._configure()
         self.by_address = {h.address: h.name for h in self.net.hosts.values()}
         self._stack.callback(self.stop)
-        if self.init_store:  # hosts starting together on an empty database race (0.1.0)
+        if self.init_store:  # else the hosts, starting together, create the schema
             self.cli("store", "init")
         self._start_sink()
 

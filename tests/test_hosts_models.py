@@ -1,6 +1,7 @@
 """End to end across hosts: the dedicated send/receive model and the several-pairs model,
 each gateway on a host of its own (its router beside it), the store PostgreSQL on another,
-SMTP clients and the smart hosts outside (tests/multihost.py).
+SMTP clients and the smart hosts outside (tests/multihost.py). Every host starts at
+once on an empty database: together they create the schema.
 
 Mail goes both ways for every postoffice: inbound from outside to a mailbox of each
 postoffice through every receive gateway; outbound from a mailbox of each postoffice,
