@@ -378,29 +378,55 @@ def test_failover_takes_nothing_a_gateway_claimed_after_its_heartbeat_came_back(
 # -- 5. store copy while part of the network still runs ------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "copy.py _check_source: only send sides' heartbeats and a leader's term count as the "
-    "network running; a receive-only gateway (gatepost run --only gateway:RECV) writes "
-    "neither, so the copy goes ahead, and mail it accepts into SQLite afterwards is "
-    "never in the PostgreSQL store the network moves to"))
 def test_copy_is_refused_while_a_receive_gateway_still_accepts_mail(
         pg_url: str, tmp_path: Path) -> None:
-    from gatepost.store import open_store
+    """The receive-only role as `gatepost run --only gateway:RECV` runs it
+    (runner.serve_roles), on a SQLite store: `store copy` must see it running."""
+    from gatepost import runner
     from gatepost.store.copy import CopyRefused, copy_store
+    from gatepost.topology import load
+    from support import free_port
 
-    src = f"sqlite:{tmp_path / 'net.db'}"
+    config = tmp_path / "recv.toml"
+    config.write_text(RECEIVE_ONLY.format(port=free_port()))
+    topo = load(config)
 
     async def body() -> None:
-        receiving = open_store(src)  # a receive side: it enqueues, nothing else
+        stop, ready = asyncio.Event(), asyncio.Event()
+        serving = asyncio.ensure_future(
+            runner.serve_roles(topo, ["gateway:RECV"], lambda _: ready.set(), stop))
         try:
-            await receiving.enqueue(message("a@ext.org"))
+            await asyncio.wait_for(ready.wait(), 30)
+            await asyncio.sleep(0.5)  # its first heartbeat
             with pytest.raises(CopyRefused):
-                await asyncio.to_thread(copy_store, src, pg_url)
-            await receiving.enqueue(message("b@ext.org"))  # a 250 after the copy
+                await asyncio.to_thread(copy_store, topo.store, pg_url)
         finally:
-            await receiving.aclose()
+            stop.set()
+            await serving
 
     run(body)
+
+
+RECEIVE_ONLY = """\
+[network]
+name = "R"
+store = "sqlite:var/r.db"
+
+[postoffices.IN]
+domains = ["in.example"]
+mailboxes = ["postmaster"]
+
+[gateways.RECV]
+postoffice = "IN"
+role = "receive"
+listen = "127.0.0.1:{port}"
+
+[gateways.SEND]
+postoffice = "IN"
+role = "send"
+smarthost = "127.0.0.1:1"
+serves = ["IN"]
+"""
 
 
 # -- 6. hypotheses that held ---------------------------------------------------------

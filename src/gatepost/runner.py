@@ -24,7 +24,7 @@ from gatepost.receive.capture import Capture
 from gatepost.router import Router
 from gatepost.send import SendSide
 from gatepost.send.credentials import MissingSecret
-from gatepost.store import Store, StoreDamaged
+from gatepost.store import Store, StoreDamaged, leases
 from gatepost.supervisor import STOP_SIGNALS
 from gatepost.topology import Topology
 
@@ -109,6 +109,11 @@ async def start(topo: Topology, roles: list[str], store: Store, stop: asyncio.Ev
             receive = ReceiveSide(topo, gw, store, wake_router=router.wake)
             await listening(receive.start(), f"gateways.{name}.listen {gw.listen}")
             running.stoppers.append(receive.stop)
+            # not for failover (the router counts send sides): so that `store copy`
+            # and operators can tell that a receive side still accepts mail
+            beating = leases.owner(f"receive:{name}")
+            running.loops.append(leases.beat(store, f"receive:{name}", beating,
+                                             topo.queue.heartbeat, stop))
             running.listening.append(f"gateway {name} receive side on {receive.address}")
     for side in senders.values():
         await side.alive()  # before `ready`, so the router counts on it at once

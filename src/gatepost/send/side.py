@@ -157,17 +157,9 @@ class SendSide:
         self.store.watch(self.queue, self.wakeup)
         await leases.reclaim(self.store, self.queue)
         workers = [self.worker(stop) for _ in range(self.sessions)]
-        await asyncio.gather(self.heartbeat(stop), *workers)
+        beating = leases.beat(self.store, self.name, self.owner, self.timing.heartbeat, stop)
+        await asyncio.gather(beating, *workers)
         await self.store.forget(self.name, self.owner)  # only once nothing is in flight
-
-    async def heartbeat(self, stop: asyncio.Event) -> None:
-        """Tell the store this gateway runs, until it stops."""
-        while not stop.is_set():
-            try:
-                await self.alive()
-            except Exception as error:  # noqa: BLE001 - the store failed for a moment
-                log.warning("heartbeat not recorded: %s", error)
-            await wait_any(stop, stop, self.timing.heartbeat)
 
     async def alive(self) -> None:
         await self.store.heartbeat(self.name, self.owner)

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Self
 
 from .base import Job, JobKey, Workers, key_of
+from .waiting import wait_any
 
 # The name this host goes by in lease owners: GATEPOST_HOST where several hosts
 # share one name (containers, network namespaces), else the hostname.
@@ -44,6 +45,17 @@ def dead_here(name: str) -> bool:
     except PermissionError:
         return False
     return False
+
+
+async def beat(store: Workers, name: str, owner: str, every: float, stop: asyncio.Event) -> None:
+    """Record every `every` seconds that `name`, run by `owner`, is alive, until
+    `stop`; a store that fails is tried again at the next beat."""
+    while not stop.is_set():
+        try:
+            await store.heartbeat(name, owner)
+        except Exception as error:  # noqa: BLE001 - the store failed for a moment
+            log.warning("heartbeat of %s not recorded: %s", name, error)
+        await wait_any(stop, stop, every)
 
 
 async def reclaim(store: Workers, queue: str) -> int:
