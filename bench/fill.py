@@ -1,6 +1,6 @@
 """Fill a store with N deferred messages fast, for the large-queue benchmark.
 
-Messages are written by the store itself (`SqliteStore.enqueue`, batches of
+Messages are written by the store itself (`SqliteDb.enqueue`, batches of
 10,000 in one transaction each), so the rows always match the current schema;
 then one UPDATE per batch turns them into what a gateway leaves behind when the
 smart host keeps answering 4xx: waiting in the gateway's send queue, deferred,
@@ -19,7 +19,8 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RELAY_RCPT, SENDER
-from gatepost.store import NewMessage, NewRecipient, SqliteStore, send_queue
+from gatepost.store import NewMessage, NewRecipient, send_queue
+from gatepost.store.sqlite_db import SqliteDb
 
 BATCH = 10_000
 FUTURE = 10 * 365 * 86400.0  # next attempt ten years ahead: never due during a run
@@ -40,7 +41,7 @@ def fill(path: Path, n: int, gateway: str = "GW1", postoffice: str = "HQ",
     The store must hold no other incoming router mail (the UPDATE takes all of it)."""
     began = time.perf_counter()
     now = time.time() if now is None else now
-    store = SqliteStore(path)
+    store = SqliteDb(path)  # synchronous: one connection, no event loop
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     try:
         for start in range(0, n, BATCH):

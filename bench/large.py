@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import HOST, INBOUND_RCPT, RELAY_RCPT, SENDER, wait_until
-from bench.gatepost_proc import GatepostInstance
+from bench.gatepost_proc import GatepostInstance, PgServer
 from bench.procinfo import peak_rss_kib
 from bench.runs import running
 
@@ -39,9 +39,13 @@ def resident_kib(pid: int) -> int:
     return 0
 
 
-def measure(timeout: float = 120.0) -> dict[str, Any]:
+def measure(timeout: float = 120.0, store: str = "sqlite",
+            pg: PgServer | None = None) -> dict[str, Any]:
     """Send the message once to a mailbox and a relay recipient; report growth."""
-    with running(LargeInstance) as (instance, sink):
+    def factory(root: Path, port: int, sink_port: int) -> LargeInstance:
+        return LargeInstance(root, port, sink_port, None, store, pg)
+
+    with running(factory) as (instance, sink):
         assert isinstance(instance, LargeInstance)
         roots = instance.pids()
         before = {p["pid"]: resident_kib(int(str(p["pid"]))) for p in peak_rss_kib(roots)}
@@ -55,16 +59,17 @@ def measure(timeout: float = 120.0) -> dict[str, Any]:
         peaks = peak_rss_kib(roots)
     growth = [{"name": p["name"], "growth_mib": round(
         (int(str(p["vm_hwm_kib"])) - before.get(p["pid"], 0)) / 1024, 1)} for p in peaks]
-    return {"size_mib": SIZE // 2**20, "accepted_seconds": round(accepted, 2),
+    return {"store": store, "size_mib": SIZE // 2**20, "accepted_seconds": round(accepted, 2),
             "delivered_seconds": round(seconds, 2), "processes": growth}
 
 
-def markdown(result: dict[str, Any]) -> list[str]:
+def markdown(result: dict[str, Any], store: str = "sqlite") -> list[str]:
+    title = f"## Large message, {store} store"
     if "error" in result:
-        return ["## Large message", f"failed: {result['error']}", ""]
+        return [title, f"failed: {result['error']}", ""]
     rows = [f"| {p['name']} | {p['growth_mib']} |" for p in result["processes"]]
     return [
-        "## Large message",
+        title,
         (
             f"One {result['size_mib']} MiB message to a mailbox and relayed to the sink: "
             f"accepted in {result['accepted_seconds']} s, delivered both ways in "

@@ -1,8 +1,11 @@
 """`make bench`: gatepost against a private Postfix, alternating, several rounds.
 
-Measures relay and inbound throughput (median of rounds, ratio gatepost/Postfix),
-acceptance latency at half of each system's median relay rate, and gatepost's
-peak RSS; writes bench/results/latest.{md,json,png}. `--quick` is a smoke check.
+gatepost runs on each store of `--stores` (default SQLite and PostgreSQL; the
+PostgreSQL runs use one private cluster of tests/pg.py, default settings, a
+fresh database per run). Measures relay and inbound throughput (median of
+rounds, ratio of each gatepost store to Postfix), acceptance latency at half of
+each system's median relay rate, and gatepost's peak RSS; writes
+bench/results/latest.{md,json,png}. `--quick` is a smoke check.
 `--large-queue N` measures instead relay with N deferred messages queued against
 an empty store, and mailq's time (bench/largequeue.py; latest-queue.{md,json}).
 Run as `python bench/run.py` or `python -m bench.run` from the repository root.
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -23,9 +27,11 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from bench import largequeue, report
 from bench.common import BenchError, short
+from bench.gatepost_proc import STORES, PgServer
 from bench.large import measure as large_measure
+from bench.procinfo import machine
 from bench.runs import Factory, latency, throughput
-from bench.setup import describe, factories
+from bench.setup import chosen, describe, factories
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,7 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--latency-seconds", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per run")
-    parser.add_argument("--systems", default="gatepost,postfix")
+    parser.add_argument("--systems", default="gatepost,postfix",
+                        help="gatepost (on every store of --stores), gatepost-STORE, postfix")
+    parser.add_argument("--stores", default=",".join(STORES),
+                        help="gatepost's stores: sqlite, postgresql or both (default)")
     parser.add_argument("--gatepost-roles", default="",
                         help="e.g. 'router;gateway:GW1': one gatepost process per role group")
     parser.add_argument("--quick", action="store_true", help="n=300, 1 round, 3 s of latency")
@@ -49,6 +58,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.messages, args.rounds, args.latency_seconds = 300, 1, 3.0
     args.inbound = args.inbound or args.messages
+    args.store_list = [s.strip() for s in args.stores.split(",") if s.strip()]
+    unknown = set(args.store_list) - set(STORES)
+    if unknown or not args.store_list:
+        parser.error(f"--stores: expected some of {', '.join(STORES)}, got {args.stores!r}")
     return args
 
 
@@ -64,8 +77,8 @@ def attempt(label: str, job: Any, *params: Any) -> dict[str, Any]:
     return result
 
 
-def large_message() -> dict[str, Any]:
-    result = large_measure()
+def large_message(store: str, pg: PgServer) -> dict[str, Any]:
+    result = large_measure(store=store, pg=pg)
     result["rate"] = 1 / result["delivered_seconds"]  # for attempt()'s progress line
     return result
 
@@ -100,17 +113,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.large_queue is not None:
         return largequeue.main(args)
     roles = [r for r in args.gatepost_roles.split(";") if r]
-    systems = {k: v for k, v in factories(roles).items() if k in args.systems.split(",")}
-    runs = rounds(args, systems)
-    if "gatepost" in systems and not args.quick:
-        runs["gatepost"]["large"] = attempt("gatepost 50 MB message", large_message)
-    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "config": vars(args) | {
-        "out": str(args.out)}, "setup": describe(args, roles), "runs": runs}
+    pg = PgServer()
+    every = factories(roles, args.store_list, pg)
+    names = chosen(args.systems, args.store_list)
+    unknown = [name for name in names if name not in every]
+    if unknown:
+        print(f"unknown systems {unknown}; known: {', '.join(every)}", file=sys.stderr)
+        return 2
+    systems = {name: every[name] for name in names}
+    stores = tuple(s for s in args.store_list if f"gatepost-{s}" in systems)
+    if "postgresql" in stores:
+        if reason := PgServer.missing():
+            print(f"gatepost-postgresql: {reason} (or --stores sqlite)", file=sys.stderr)
+            return 2
+        pg.start()
+    try:
+        started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        setup = describe(args, roles, pg, stores or ("sqlite",))
+        runs = rounds(args, systems)
+        for store in stores if not args.quick else ():
+            runs[f"gatepost-{store}"]["large"] = attempt(f"gatepost-{store} 50 MB message",
+                                                         large_message, store, pg)
+    finally:
+        pg.stop()
+    results: dict[str, Any] = {
+        "started": started,
+        "command": shlex.join(["bench/run.py", *(sys.argv[1:] if argv is None else argv)]),
+        "loadavg_end": machine()["loadavg"], "config": vars(args) | {"out": str(args.out)},
+        "setup": setup, "runs": runs}
     results["summary"] = report.summarize(runs)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=1, default=str))
     report.plot(runs, args.out / "latest.png")
     (args.out / "latest.md").write_text(report.markdown(results))
+    print(report.headline_table(results["summary"]))
+    print()
     print(report.summary_table(results["summary"]))
     print(f"wrote {args.out}/latest.md, latest.json, latest.png", file=sys.stderr)
     return 0 if report.all_ok(runs) else 1

@@ -1,4 +1,4 @@
-"""One measured run each: relay, inbound and acceptance latency, for either system.
+"""One measured run each: relay, inbound and acceptance latency, for any system.
 
 Every run gets a fresh temp folder, a fresh sink and a fresh instance, and stops
 them all afterwards, even on error. Finish lines are polled every 20 ms and the
@@ -106,6 +106,8 @@ def throughput(factory: Factory, kind: str, n: int, timeout: float) -> dict[str,
         result["sink_sessions"] = sink.sessions
     result["exit_codes"] = getattr(instance, "exit_codes", None)
     result["log_problems"] = getattr(instance, "log_problems", None)
+    if getattr(instance, "db_stats", None):  # the PostgreSQL store: the database's counters
+        result["db_stats"] = instance.db_stats  # type: ignore[attr-defined]
     return result
 
 
