@@ -28,9 +28,11 @@ lint: $(STAMP)
 clean:
 	rm -rf examples/var .pytest_cache .mypy_cache .ruff_cache
 
-# Benchmark against a private Postfix (never part of `make test`); see bench/run.py --help.
+# Benchmark against a private Postfix, gatepost on SQLite and on a private PostgreSQL
+# (never part of `make test`); see bench/run.py --help.
 BENCH_ARGS ?=
 bench: $(STAMP)
+	scripts/install-tools
 	$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
