@@ -184,6 +184,11 @@ UPDATE jobs SET pending = %s WHERE message_id = %s AND rcpt_id = %s AND state = 
 -- name: flush
 UPDATE jobs SET next_attempt = %s, updated = %s WHERE message_id = %s AND rcpt_id = %s
 
+-- name: lock_message
+-- Before deciding whether nothing refers to it any more: a transaction that
+-- removed another reference meanwhile is waited for, and the next statement sees it.
+SELECT 1 FROM messages WHERE id = %s FOR UPDATE
+
 -- name: drop_unused_message
 -- Its chunks go with it (ON DELETE CASCADE): no file to remove.
 DELETE FROM messages WHERE id = %s

@@ -499,6 +499,9 @@ def _drop_unused(tx: Tx, message_ids: list[str]) -> list[str]:
     """Delete the messages nothing refers to; the spool files to remove once committed."""
     files = []
     for message_id in message_ids:
+        # Locked first: two transactions that each remove one of its last
+        # references (a purge, a delete) must not both see the other's and keep it.
+        tx.execute("lock_message", (message_id,))
         rows = tx.execute("drop_unused_message", (message_id,))
         files += [row[0] for row in rows if row[0]]
     return files

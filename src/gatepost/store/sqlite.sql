@@ -95,6 +95,10 @@ UPDATE jobs SET pending = ? WHERE message_id = ? AND rcpt_id = ? AND state = 'ac
 -- name: flush
 UPDATE jobs SET next_attempt = ?, updated = ? WHERE message_id = ? AND rcpt_id = ?
 
+-- name: lock_message
+-- (A write transaction holds the whole file already.)
+SELECT 1 FROM messages WHERE id = ?
+
 -- name: drop_unused_message
 DELETE FROM messages WHERE id = ?
 AND NOT EXISTS (SELECT 1 FROM jobs WHERE message_id = messages.id)
