@@ -273,8 +273,12 @@ class CutAfterCommit:
 
 
 def bounce_report(about: str) -> NewMessage:
+    """A report as notify.report makes one: with its queue id from the start."""
+    from gatepost.store import new_queue_id
+
     return NewMessage("", (NewRecipient("alice@example.com", None),),
-                      f"Subject: undeliverable {about}\r\n\r\nx\r\n".encode(), "HQ", "HQ", "bounce")
+                      f"Subject: undeliverable {about}\r\n\r\nx\r\n".encode(), "HQ", "HQ", "bounce",
+                      queue_id=new_queue_id())
 
 
 @pytest.fixture
@@ -285,10 +289,6 @@ def cutter(pg_url: str) -> Iterator[CutAfterCommit]:
     proxy.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "threaded.Gathered._commit: a batch whose commit outcome is unknown (the connection "
-    "broke on COMMIT) is written again one caller at a time; outcomes are idempotent, "
-    "but the reports (DSNs) they call for are inserted a second time under new ids"))
 def test_outcomes_committed_without_an_answer_add_no_second_report(
         pg_url: str, cutter: CutAfterCommit, tmp_path: Path) -> None:
     async def body() -> int:

@@ -18,7 +18,7 @@ import multiprocessing
 import sqlite3
 from collections.abc import Awaitable, Callable
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from gatepost.store import (
     SqliteDb,
     SqliteStore,
     Store,
+    new_queue_id,
     open_store,
     schema,
     send_queue,
@@ -1350,3 +1351,20 @@ async def test_requeue_spares_jobs_of_a_gone_owner_that_heartbeats_again(
     b.clock.step(lease=6.0)  # silent again, its lease still runs
     assert await store.requeue(SEND, ["SALES"], ["send:GW1@a:1"], within=5.0) == 1
     assert [(e.queue, e.state) for e in await store.queue()] == [(ROUTER, "incoming")]
+
+
+@contract
+async def test_a_report_written_again_with_its_own_id_is_there_once(
+    store: Store, b: Backend
+) -> None:
+    """A complete made again after a commit whose answer was lost (the report
+    keeps the queue id it was made with) adds no second report."""
+    await enqueue(store, message())
+    job = await claim_one(store)
+    report = replace(message(content=b"dsn"), sender="", received_by="bounce",
+                     queue_id=new_queue_id())
+    first = await store.complete([Bounced(job, "550 no")], [report])
+    again = await store.complete([Bounced(job, "550 no")], [report])
+    assert first == again == [report.queue_id]
+    assert b.message_rows(store) == 2 and len(await store.queue()) == 1
+    assert [h.event for h in await store.hops(report.queue_id)] == ["received"]

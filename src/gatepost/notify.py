@@ -7,7 +7,7 @@ through a gateway) and asks `policy` for the report itself. No I/O.
 from __future__ import annotations
 
 from gatepost import policy
-from gatepost.store import Job, NewMessage, NewRecipient
+from gatepost.store import Job, NewMessage, NewRecipient, new_queue_id
 from gatepost.topology import Native, Topology, sender_native, to_smtp
 
 
@@ -32,6 +32,7 @@ def report(
         location=where,
         origin=where,
         received_by="bounce",
+        queue_id=new_queue_id(),  # its own from the start: written twice, it is still one
     )
 
 

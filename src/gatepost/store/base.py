@@ -291,6 +291,8 @@ class Workers(Protocol):
         warning) whose message had no warning yet; returns the ids of `new`.
         Delivered and bounced apply to any job not yet final; the others only
         while the job's token still holds its lease (a stale deferral is dropped).
+        A new message whose queue id is taken is there already (the call was
+        made again after a commit whose answer was lost): it is not added twice.
         An admin action waiting on a job is applied after a non-final outcome.
         Not fsync'ed; concurrent calls may share one commit."""
         ...

@@ -147,11 +147,12 @@ class MemoryStore:
             self._spool = Path(tempfile.mkdtemp(prefix="gatepost-spool-"))
         return self._spool / queue_id
 
-    def _check_new(self, messages: Sequence[NewMessage]) -> None:
+    def _check_new(self, messages: Sequence[NewMessage], once: bool = False) -> None:
+        """`once`: a taken queue id is no error (the message is there already)."""
         for msg in messages:
             if not msg.recipients:
                 raise ValueError("a message needs at least one recipient")
-            if msg.queue_id in self._messages:
+            if msg.queue_id in self._messages and not once:
                 raise ValueError(f"queue id {msg.queue_id!r} is taken")
             if msg.content_file is not None and msg.content_file != self._spool_path(msg.queue_id):
                 raise ValueError(f"{msg.content_file} is not the spool file of {msg.queue_id!r}")
@@ -217,7 +218,7 @@ class MemoryStore:
         new: Sequence[NewMessage] = (),
         warnings: Sequence[tuple[str, NewMessage]] = (),
     ) -> list[str]:
-        self._check_new([*new, *(warning for _, warning in warnings)])
+        self._check_new([*new, *(warning for _, warning in warnings)], once=True)
         now = self.clock.wall()
         for outcome in outcomes:
             self._apply(outcome, now)
@@ -227,10 +228,16 @@ class MemoryStore:
             if message is not None and not message.warned:
                 message.warned = True
                 first.append(warning)
-        ids = [self._insert(msg, now) for msg in new]
+        ids = [self._insert_once(msg, now) for msg in new]
         for warning in first:
-            self._insert(warning, now)
+            self._insert_once(warning, now)
         return ids  # of `new` only (see Workers.complete)
+
+    def _insert_once(self, msg: NewMessage, now: float) -> str:
+        """A report written again (its commit's answer was lost) is there already."""
+        if msg.queue_id and msg.queue_id in self._messages:
+            return msg.queue_id
+        return self._insert(msg, now)
 
     def _apply(self, outcome: Outcome, now: float) -> None:
         """One outcome, unless the job is final or gone. A non-final outcome counts

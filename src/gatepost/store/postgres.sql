@@ -207,6 +207,10 @@ INSERT INTO chunks (message_id, seq, data) VALUES (%s, %s, %s)
 -- name: chunks
 SELECT seq, data FROM chunks WHERE message_id = %s AND seq >= %s ORDER BY seq LIMIT %s
 
+-- name: insert_message_once
+-- A report written again after a commit whose answer was lost: its id is taken.
+{insert_message} ON CONFLICT (id) DO NOTHING RETURNING id
+
 -- name: insert_job
 INSERT INTO jobs (message_id, rcpt_id, address, mailbox, location, queue, state, created, updated)
 VALUES (%s, %s, %s, %s, %s, 'router', 'incoming', %s, %s)

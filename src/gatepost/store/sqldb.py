@@ -252,7 +252,7 @@ class SqlDb:
                 files += [f for outcome in each.outcomes for f in _apply(tx, outcome, now)]
                 first = [w for m, w in each.warnings if tx.execute("warn_once", (m,)).rowcount]
                 added = [*each.new, *first]
-                ids = _insert_messages(tx, added, now) if added else []
+                ids = _insert_messages(tx, added, now, once=True) if added else []
                 results.append(ids[: len(each.new)])
                 woken |= {o.queue for o in each.outcomes if isinstance(o, Moved)}
                 woken |= {ROUTER} if added else set()
@@ -457,9 +457,11 @@ def fair_pick(
 
 
 def _insert_messages(
-    tx: Tx, messages: Sequence[NewMessage], now: float
+    tx: Tx, messages: Sequence[NewMessage], now: float, once: bool = False
 ) -> list[str]:
-    """Write messages, one incoming job and one "received" hop per recipient."""
+    """Write messages, one incoming job and one "received" hop per recipient.
+    `once`: a message whose queue id is taken is already there (the same call
+    written again after a commit whose answer was lost): it is left as it is."""
     ids = [msg.queue_id or QUEUE_IDS.next() for msg in messages]
     message_rows, job_rows, hop_rows = [], [], []
     for message_id, msg in zip(ids, messages):
@@ -468,10 +470,11 @@ def _insert_messages(
         file, size = None, len(msg.content)
         if msg.content_file is not None:
             file, size = msg.content_file.name, msg.content_file.stat().st_size
-        message_rows.append(
-            (message_id, msg.sender, size, now, msg.location, msg.origin, msg.received_by,
-             msg.hop_count, file, msg.content)
-        )
+        row = (message_id, msg.sender, size, now, msg.location, msg.origin, msg.received_by,
+               msg.hop_count, file, msg.content)
+        if once and tx.execute("insert_message_once", row).fetchone() is None:
+            continue
+        message_rows.append(row)
         for rcpt_id, rcpt in enumerate(msg.recipients):
             job_rows.append(
                 (message_id, rcpt_id, rcpt.address, rcpt.mailbox, msg.location, now, now)
@@ -479,7 +482,8 @@ def _insert_messages(
             hop_rows.append(
                 (message_id, rcpt_id, rcpt.address, now, "received", msg.location, msg.received_by)
             )
-    tx.executemany("insert_message", message_rows)
+    if not once:
+        tx.executemany("insert_message", message_rows)
     tx.executemany("insert_job", job_rows)
     tx.executemany("insert_hop", hop_rows)
     return ids

@@ -113,6 +113,10 @@ INSERT INTO messages
 (id, sender, size, created, location, origin, received_by, hop_count, content_file, content)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
+-- name: insert_message_once
+-- A report written again after a commit whose answer was lost: its id is taken.
+{insert_message} ON CONFLICT (id) DO NOTHING RETURNING id
+
 -- name: insert_job
 INSERT INTO jobs (message_id, rcpt_id, address, mailbox, location, queue, state, created, updated)
 VALUES (?, ?, ?, ?, ?, 'router', 'incoming', ?, ?)
