@@ -60,7 +60,7 @@ class PgStore(ThreadedStore):
         self._listener.watch(queue, asyncio.get_running_loop(), wakeup)
 
     async def aclose(self) -> None:
-        self._listener.close()
+        await asyncio.to_thread(self._listener.close)  # it notices within a second
         await super().aclose()
 
 
