@@ -163,7 +163,9 @@ class Router:
         try:
             leading = await self.store.lead(LEADER, self.owner, self.topo.queue.failover_after)
         except Exception:
-            self.leading = False  # not known to lead: another router may by now
+            if self.leading:
+                log.warning("%s no longer knows it leads (the store failed)", self.owner)
+            self.leading = False  # another router may lead by now
             raise
         if leading != self.leading:
             log.info("%s %s the network's failover and purge", self.owner,
