@@ -151,6 +151,10 @@ class SqlDb:
         """A content row (content_file, content, size, message id) to read."""
         raise NotImplementedError
 
+    def _renew(self, tx: Tx, jobs: Sequence[Job], until: float) -> Renewal:
+        """Extend to `until` the leases these jobs' token still holds."""
+        return _renew(tx, jobs, until)
+
     def _notify(self, tx: Tx, queues: set[str]) -> None:
         """In the transaction: tell other processes, at its commit, that `queues`
         have new work (where the backend can; they poll anyway)."""
@@ -247,7 +251,7 @@ class SqlDb:
             woken: set[str] = set()
             for each in work:
                 if isinstance(each, Renew):
-                    results.append(_renew(tx, each.jobs, lease_now + each.lease))
+                    results.append(self._renew(tx, each.jobs, lease_now + each.lease))
                     continue
                 files += [f for outcome in each.outcomes for f in _apply(tx, outcome, now)]
                 first = [w for m, w in each.warnings if tx.execute("warn_once", (m,)).rowcount]
