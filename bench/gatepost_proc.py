@@ -176,11 +176,10 @@ class GatepostInstance:
         self.config.write_text(self.topology())
 
     def _create_schema(self) -> None:
-        """Create the store's tables before gatepost starts: its role processes start
-        together, and on an empty database more than one of them may create the
-        schema (postgres_db.prepare re-checks `has_schema` after its advisory lock
-        with to_regclass, which can still answer from the catalog cache of the check
-        before the lock); the loser exits and `gatepost run` gives up."""
+        """Create the store's tables before gatepost starts, so that each run measures
+        mail, not the creation of a schema. (Before f519150 this was needed too: role
+        processes starting together on an empty database could both create it, as
+        to_regclass answered from a cache, and `gatepost run` gave up.)"""
         from gatepost.store.postgres_db import PgDb
 
         PgDb(self.store_url(), self.root / "staging", None, True,

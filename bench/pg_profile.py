@@ -18,9 +18,9 @@ track_wal_io_timing. For one gatepost (a fresh database, the bench's topology):
    role and per function (self and inclusive). The profiler costs CPU too:
    that run's rate is shown, not compared.
 
-Writes latest-pg-profile.{md,json} and the raw py-spy stacks into --out
-(default bench/results). Figures vary with the machine's other load, which is
-recorded at the start and end.
+Writes latest-pg-profile.{md,json} into --out (default bench/results), and
+py-spy's raw stacks (for a flame graph) into the temp folder. Figures vary
+with the machine's other load, which is recorded at the start and end.
 """
 
 from __future__ import annotations
@@ -443,8 +443,8 @@ def markdown(results: dict[str, Any]) -> str:
     gatepost = [s for s in main["statements"] if s["name"] != PROBE_NAME]
     calls = sum(s["calls"] for s in gatepost)
     server = sum(s["ms"] for s in gatepost)
-    lines += ["", (f"All statements: {calls / n:.1f} calls and {server / n:.2f} ms of server "
-              "time per message."), "",
+    lines += ["", (f"All of gatepost's statements: {calls / n:.1f} calls and {server / n:.2f} ms of "
+              "server time per message."), "",
               "Idle, per second: " + "; ".join(
                   f"{s['name'] or s['query'][:40]} {s['calls'] / idle['seconds']:.0f}"
                   for s in idle["statements"][:6]), ""]
@@ -512,11 +512,11 @@ def main(argv: list[str] | None = None) -> int:
         results["run"] = run(pg, args.kind, args.messages, None, args.timeout)
         print(f"  {results['run']['rate']:.0f} msg/s", file=sys.stderr, flush=True)
         for view, idle in (("cpu", False), ("wall", True)) if use_spy else ():
-            raw = args.out / f"latest-pg-profile-py-spy-{view}.txt"
+            raw = Path(tempfile.gettempdir()) / f"gatepost-pg-profile-py-spy-{view}.txt"
             print(f"the same under py-spy ({view})", file=sys.stderr, flush=True)
             spied = run(pg, args.kind, args.messages, raw, args.timeout, idle)
             results.setdefault("py_spy", {})[view] = {
-                "rate": spied["rate"], "seconds": spied["seconds"], "raw": raw.name,
+                "rate": spied["rate"], "seconds": spied["seconds"], "raw": str(raw),
                 "stacks": stacks(raw)}
             print(f"  {spied['rate']:.0f} msg/s", file=sys.stderr, flush=True)
     finally:

@@ -6,6 +6,7 @@ fresh database per run). Measures relay and inbound throughput (median of
 rounds, ratio of each gatepost store to Postfix), acceptance latency at half of
 each system's median relay rate, and gatepost's peak RSS; writes
 bench/results/latest.{md,json,png}. `--quick` is a smoke check.
+bench/pg_profile.py tells where the time goes on PostgreSQL.
 `--large-queue N` measures instead relay with N deferred messages queued against
 an empty store, and mailq's time (bench/largequeue.py; latest-queue.{md,json}).
 Run as `python bench/run.py` or `python -m bench.run` from the repository root.
