@@ -227,7 +227,7 @@ VALUES (%s, %s, %s, %s, %s, %s, %s)
 INSERT INTO mailbox (mailbox, message_id, delivered) VALUES (%s, %s, %s)
 
 -- name: warn_once
-UPDATE messages SET warned = 1 WHERE id = %s AND warned = 0
+UPDATE messages SET warned = 1 WHERE id = %s AND warned = 0 RETURNING id
 
 -- name: queue_state
 SELECT * FROM (SELECT j.message_id, j.rcpt_id, m.sender, j.address, j.location, j.queue,
@@ -314,7 +314,7 @@ FROM jobs WHERE state IN ('delivered', 'bounced') AND created < %(p1)s AND updat
 LIMIT %(p2)s) RETURNING message_id
 
 -- name: purge_hops
-DELETE FROM hops WHERE id IN (SELECT id FROM hops WHERE at < %s LIMIT %s)
+DELETE FROM hops WHERE id IN (SELECT id FROM hops WHERE at < %s LIMIT %s) RETURNING id
 
 -- name: damaged
 -- Messages whose content is not all there: at most five, for `check`.

@@ -104,7 +104,7 @@ class PgDb(SqlDb):
 
     @contextmanager
     def _write(self, durable: bool = False) -> Iterator[Tx]:
-        with self._conn.transaction():
+        with self._conn.pipeline(), self._conn.transaction():  # writes go without waiting
             if durable:
                 self._cursor.execute("SET LOCAL synchronous_commit = on")
             yield self._tx

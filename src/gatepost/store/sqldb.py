@@ -66,8 +66,6 @@ _QUEUE_START: QueueKey = (float("-inf"), "", -1)  # before every job
 
 
 class Cursor(Protocol):
-    rowcount: int
-
     def fetchone(self) -> Any: ...
 
     def fetchall(self) -> list[Any]: ...
@@ -254,7 +252,8 @@ class SqlDb:
                     results.append(self._renew(tx, each.jobs, lease_now + each.lease))
                     continue
                 files += [f for outcome in each.outcomes for f in _apply(tx, outcome, now)]
-                first = [w for m, w in each.warnings if tx.execute("warn_once", (m,)).rowcount]
+                first = [w for m, w in each.warnings
+                         if tx.execute("warn_once", (m,)).fetchone() is not None]
                 added = [*each.new, *first]
                 ids = _insert_messages(tx, added, now, once=True) if added else []
                 results.append(ids[: len(each.new)])
@@ -343,7 +342,7 @@ class SqlDb:
 
     def _purge_hops(self, before: float) -> int:
         with self._write() as tx:
-            return int(tx.execute("purge_hops", (before, PURGE_CHUNK)).rowcount)
+            return len(tx.execute("purge_hops", (before, PURGE_CHUNK)).fetchall())
 
     # -- admin --------------------------------------------------------------
 

@@ -129,7 +129,7 @@ VALUES (?, ?, ?, ?, ?, ?, ?)
 INSERT INTO mailbox (mailbox, message_id, delivered) VALUES (?, ?, ?)
 
 -- name: warn_once
-UPDATE messages SET warned = 1 WHERE id = ? AND warned = 0
+UPDATE messages SET warned = 1 WHERE id = ? AND warned = 0 RETURNING id
 
 -- name: queue_state
 -- One page of the listing for one state: an ordered range of jobs_by_state
@@ -213,7 +213,7 @@ FROM jobs WHERE state IN ('delivered', 'bounced') AND created < ?1 AND updated <
 LIMIT ?2) RETURNING message_id
 
 -- name: purge_hops
-DELETE FROM hops WHERE id IN (SELECT id FROM hops WHERE at < ? LIMIT ?)
+DELETE FROM hops WHERE id IN (SELECT id FROM hops WHERE at < ? LIMIT ?) RETURNING id
 
 -- name: boot
 SELECT boot_id FROM boot
