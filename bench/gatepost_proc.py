@@ -247,6 +247,15 @@ class GatepostInstance:
     def pids(self) -> list[int]:
         return [proc.pid for proc in self.procs]
 
+    def cpu_roots(self) -> dict[str, list[int]]:
+        """Whose CPU a run counts: gatepost's processes, and for PostgreSQL the
+        cluster's (its backends, WAL writer...: only this run uses it meanwhile)."""
+        roots = {"gatepost": self.pids()}
+        if self.kind == "postgresql" and self.pg is not None and self.pg.cluster is not None:
+            pid_file = self.pg.cluster.data / "postmaster.pid"
+            roots["postgresql"] = [int(pid_file.read_text().split()[0])]
+        return roots
+
     def delivered_count(self) -> int:
         """Rows in the mailbox table (the inbound finish line); 0 before the store exists."""
         if self.kind == "postgresql":

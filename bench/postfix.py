@@ -117,6 +117,11 @@ class PostfixInstance:
         if master is not None:
             wait_until(lambda: not master.exists(), 30, "postfix master to exit")
 
+    def cpu_roots(self) -> dict[str, list[int]]:
+        """The master process: its services are its children (and reaped by it)."""
+        pid_file = self.root / "spool" / "pid" / "master.pid"
+        return {"postfix": [int(pid_file.read_text().strip())]} if pid_file.exists() else {}
+
     def delivered_count(self) -> int:
         """Messages in the maildir's new/ (the inbound finish line)."""
         try:

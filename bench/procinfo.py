@@ -58,6 +58,26 @@ def peak_rss_kib(roots: list[int]) -> list[dict[str, object]]:
     return found
 
 
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU seconds (user + system) used so far by the processes under `roots`:
+    those alive, and the children each root has reaped (Postfix's short-lived
+    ones). A process that exited unreaped below a root's child is not counted."""
+    tree, todo, total = _children(), list(roots), 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    reaped = set(roots)
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+        if pid in reaped:
+            total += (int(fields[13]) + int(fields[14])) / tick
+        todo.extend(tree.get(pid, []))
+    return total
+
+
 def machine() -> dict[str, object]:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),

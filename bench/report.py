@@ -27,10 +27,14 @@ def _system_summary(runs: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in KINDS:
         ok = [r for r in runs[kind] if "rate" in r]
+        cpu = [r["cpu_ms_per_msg"] for r in ok if r.get("cpu_ms_per_msg")]
         out[kind] = {"median_rate": _median([r["rate"] for r in ok]),
                      "rates": [round(r["rate"], 1) for r in ok],
                      "median_accept_rate": _median([len_ok(r) for r in ok]),
-                     "failed": len(runs[kind]) - len(ok)}
+                     "failed": len(runs[kind]) - len(ok),
+                     "cpu_ms_per_msg": _median([sum(c.values()) for c in cpu]),
+                     "cpu_parts": {part: _median([c.get(part, 0.0) for c in cpu])
+                                   for part in (cpu[0] if cpu else {})}}
     lat = runs.get("latency", {})
     fields = ("rate", "p50_ms", "p99_ms", "max_ms", "late")
     out["latency"] = {k: lat.get(k) for k in fields}
@@ -107,6 +111,9 @@ def headline_table(summary: dict[str, Any]) -> str:
     for kind in KINDS:
         rows.append(f"| {kind} | " + " | ".join(_fmt(summary[n][kind]["median_rate"])
                                                   for n in names) + " |")
+    for kind in KINDS:
+        rows.append(f"| {kind}: CPU ms per message | " + " | ".join(
+            _cpu_cell(summary[n][kind]) for n in names) + " |")
     ratio = summary.get("ratio", {})
     for kind in KINDS:
         if ratio:
@@ -114,6 +121,17 @@ def headline_table(summary: dict[str, Any]) -> str:
                      ("1.00×" if n == "postfix" else "—") for n in names]
             rows.append(f"| {kind} / Postfix | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def _cpu_cell(kind: dict[str, Any]) -> str:
+    """Total CPU ms per message, and its parts when there are several."""
+    total, parts = kind.get("cpu_ms_per_msg"), kind.get("cpu_parts") or {}
+    if total is None:
+        return "—"
+    shown = f"{total:.2f}"
+    if len(parts) > 1:
+        shown += " (" + " + ".join(f"{name} {ms:.2f}" for name, ms in parts.items()) + ")"
+    return shown
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -232,8 +250,12 @@ def markdown(results: dict[str, Any]) -> str:
              "medians over rounds. Command: `" + results.get("command", "bench/run.py") + "`.")
     load = m["loadavg"]
     end = results.get("loadavg_end")
+    cpu_note = ("CPU ms per message: the system's own processes (gatepost's, with the "
+                "PostgreSQL cluster's; Postfix's master and services) over the run, not "
+                "smtp-source or the sink; the medians over rounds. On a machine with "
+                "other work this is steadier than the rates.")
     parts = [
-        "# gatepost benchmark", "", intro, "", headline_table(summary), "",
+        "# gatepost benchmark", "", intro, "", headline_table(summary), "", cpu_note, "",
         f"Load average (1/5/15 min) at the start {' '.join(load)}"
         + (f", at the end {' '.join(end)}" if end else "")
         + f", on {m['nproc']} CPUs: other work on the machine skews the rates.", "",

@@ -1,7 +1,8 @@
 """One measured run each: relay, inbound and acceptance latency, for any system.
 
 Every run gets a fresh temp folder, a fresh sink and a fresh instance, and stops
-them all afterwards, even on error. Finish lines are polled every 20 ms and the
+them all afterwards, even on error. A throughput run also counts the CPU time
+the system's processes used per message (smtp-source and the sink left out). Finish lines are polled every 20 ms and the
 delivered count is kept every 100 ms for the plot. A run that does not finish
 within its timeout raises BenchError.
 """
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 from bench.common import HOST, INBOUND_RCPT, RELAY_RCPT, SENDER, BenchError, free_port
 from bench.loadclient import run_load
-from bench.procinfo import peak_rss_kib
+from bench.procinfo import cpu_seconds, peak_rss_kib
 from bench.sink import Sink
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
@@ -96,12 +97,15 @@ def throughput(factory: Factory, kind: str, n: int, timeout: float) -> dict[str,
     with running(factory) as (instance, sink):
         rcpt = RELAY_RCPT if kind == "relay" else INBOUND_RCPT
         count = sink.count if kind == "relay" else instance.delivered_count
+        before = _cpu(instance)
         with subprocess.Popen(source_command(instance.port, n, rcpt),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as source:
             try:
                 result = clock(count, n, timeout, source)
             finally:
                 source.kill()
+        result["cpu_ms_per_msg"] = {k: round((v - before.get(k, 0.0)) * 1000 / n, 3)
+                                    for k, v in _cpu(instance).items()}
         result["rss"] = _rss(instance)
         result["sink_sessions"] = sink.sessions
     result["exit_codes"] = getattr(instance, "exit_codes", None)
@@ -122,6 +126,13 @@ def latency(factory: Factory, rate: float, seconds: float) -> dict[str, Any]:
     return {"rate": rate, "messages": len(ms), "late": load.late, "rss": rss,
             "p50_ms": statistics.median(ms), "p99_ms": ms[min(len(ms) - 1, int(len(ms) * 0.99))],
             "max_ms": ms[-1]}
+
+
+def _cpu(instance: Instance) -> dict[str, float]:
+    """CPU seconds so far of the system's processes, by part (gatepost, its
+    database; Postfix), when the instance says which they are."""
+    roots = getattr(instance, "cpu_roots", None)
+    return {part: cpu_seconds(pids) for part, pids in roots().items()} if roots else {}
 
 
 def _rss(instance: Instance) -> list[dict[str, object]]:
