@@ -42,7 +42,7 @@ Q = queries.load("postgres.sql")
 VERSION = 1  # the schema this code writes (postgres.sql: schema_1 ...)
 CHUNK = 1024 * 1024  # bytes of large content per chunks row
 IN_MEMORY = 1024 * 1024  # content read back beyond this goes to a temporary file
-CHUNKS_PER_READ = 8
+CHUNKS_PER_READ = 1  # a message being read holds one chunk in memory, and IN_MEMORY
 # Every connection: fail calls to a database cut off without a reset within about
 # 15 s (the client's TCP timeouts), and let the server end a session whose host went
 # silent, so that its row locks are freed (the server's keepalives, and a bound on
