@@ -137,6 +137,14 @@ RETURNING j.message_id, j.rcpt_id, j.pending
 SELECT state, lease_token = %s, pending, location, address FROM jobs
 WHERE message_id = %s AND rcpt_id = %s FOR UPDATE
 
+-- name: jobs_for_outcomes
+-- job_for_outcome for many jobs in one statement, each with its own token.
+SELECT j.message_id, j.rcpt_id, j.state, j.lease_token = k.token, j.pending, j.location,
+j.address FROM jobs j
+JOIN unnest(%s::text[], %s::integer[], %s::text[]) AS k(message_id, rcpt_id, token)
+ON j.message_id = k.message_id AND j.rcpt_id = k.rcpt_id
+ORDER BY j.message_id, j.rcpt_id FOR UPDATE OF j
+
 -- name: moved
 UPDATE jobs SET location = %s, queue = %s, state = 'incoming', next_attempt = NULL,
 lease_owner = NULL, lease_token = NULL, lease_until = NULL, pending = NULL, updated = %s

@@ -34,7 +34,7 @@ import psycopg
 from psycopg import errors
 
 from . import queries, spool
-from .base import Job, NewMessage, Renewal
+from .base import Job, JobKey, NewMessage, Outcome, Renewal
 from .clock import Clock
 from .sqldb import DamagedMessage, Row, SqlDb, Tx
 
@@ -116,6 +116,15 @@ class PgDb(SqlDb):
         if not self._db_clock:
             return self.clock.lease()
         return float(tx.execute("lease_now").fetchone()[0])
+
+    def _outcome_rows(self, tx: Tx, outcomes: Sequence[Outcome]) -> dict[JobKey, Row]:
+        """One statement for all of them: the writes after it then go without waiting."""
+        if len(outcomes) < 2:
+            return {}
+        jobs = [outcome.job for outcome in outcomes]
+        keys = ([j.message_id for j in jobs], [j.rcpt_id for j in jobs], [j.token for j in jobs])
+        rows = tx.execute("jobs_for_outcomes", keys).fetchall()
+        return {(row[0], row[1]): tuple(row[2:]) for row in rows}
 
     def _renew(self, tx: Tx, jobs: Sequence[Job], until: float) -> Renewal:
         """One statement for all the jobs: one round trip, not one per job."""

@@ -149,6 +149,11 @@ class SqlDb:
         """A content row (content_file, content, size, message id) to read."""
         raise NotImplementedError
 
+    def _outcome_rows(self, tx: Tx, outcomes: Sequence[Outcome]) -> dict[JobKey, Row]:
+        """The rows outcomes apply to, read and locked at once where the backend
+        can (else `_apply` reads each)."""
+        return {}
+
     def _renew(self, tx: Tx, jobs: Sequence[Job], until: float) -> Renewal:
         """Extend to `until` the leases these jobs' token still holds."""
         return _renew(tx, jobs, until)
@@ -251,7 +256,8 @@ class SqlDb:
                 if isinstance(each, Renew):
                     results.append(self._renew(tx, each.jobs, lease_now + each.lease))
                     continue
-                files += [f for outcome in each.outcomes for f in _apply(tx, outcome, now)]
+                found = self._outcome_rows(tx, each.outcomes)
+                files += [f for outcome in each.outcomes for f in _apply(tx, outcome, now, found)]
                 first = [w for m, w in each.warnings
                          if tx.execute("warn_once", (m,)).fetchone() is not None]
                 added = [*each.new, *first]
@@ -586,11 +592,12 @@ def _admin(
     return Changes(now=1), _do(tx, action, key, now)
 
 
-def _apply(tx: Tx, outcome: Outcome, now: float) -> list[str]:
-    """Apply one outcome (rule: see base); returns spool files to remove."""
+def _apply(tx: Tx, outcome: Outcome, now: float, found: dict[JobKey, Row]) -> list[str]:
+    """Apply one outcome (rule: see base); returns spool files to remove.
+    `found`: job_for_outcome rows read (and locked) beforehand, by job; used once."""
     job = outcome.job
     key = (job.message_id, job.rcpt_id)
-    row = tx.execute("job_for_outcome", (job.token, *key)).fetchone()
+    row = found.pop(key, None) or tx.execute("job_for_outcome", (job.token, *key)).fetchone()
     if row is None or row[0] in FINAL:
         return []
     state, mine, pending, _, _ = row
