@@ -32,7 +32,15 @@ from pathlib import Path
 import pytest
 
 from scripted import ScriptedHost
-from support import SEND_ONLY, Deployment, Gatepost, sunk_subjects, toml_text, wait_for
+from support import (
+    SEND_ONLY,
+    Deployment,
+    Gatepost,
+    faketime_library,
+    sunk_subjects,
+    toml_text,
+    wait_for,
+)
 from test_failover import batch, primary_seen, stream, topology
 from unruly import SOAK_ID, running
 
@@ -119,9 +127,6 @@ def test_kill_9_of_the_send_side_resends_at_most_the_messages_in_flight(
 # ---------------------------------------------------------------------------
 # A wall-clock step of ±10 minutes under libfaketime
 
-FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-                 "/usr/lib/faketime/libfaketime.so.1")
 # Each gatepost process starts through this: libfaketime 0.9.10 (Debian 12) breaks
 # clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME) when FAKETIME_DONT_FAKE_MONOTONIC
 # is set (wolfcw/libfaketime#426), and Python 3.11's time.sleep uses just that: it
@@ -143,16 +148,6 @@ PROBE = """if True:
         print(time.time(), time.monotonic(), flush=True)
 """
 FAILOVER_AFTER = 5.0  # [queue] failover_after's default: a send side silent this long has stopped
-
-
-def faketime_library() -> str:
-    found = next((path for path in FAKETIME_LIBS if Path(path).exists()), None)
-    if found:
-        return found
-    reason = "libfaketime is not installed (apt-get install faketime)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 def set_offset(stamp: Path, offset: str) -> None:

@@ -38,6 +38,7 @@ from gatepost.store.memory import MemoryStore
 from gatepost.store.postgres import PgStore
 from gatepost.store.postgres_db import PgDb
 from gatepost.topology import load
+from test_fence import TOPOLOGY as FENCE_TOPOLOGY
 
 T = TypeVar("T")
 TEST_TIMEOUT = 60.0
@@ -121,35 +122,6 @@ def test_a_purge_racing_an_admin_delete_leaves_no_orphaned_message(
 
 # -- 2. the fence and a renewal whose reply comes late ------------------------------
 
-FENCE_TOPOLOGY = """\
-[network]
-name = "FENCE"
-
-[postoffices.BRANCH]
-domains = ["branch.fence.example"]
-mailboxes = ["ann"]
-links = ["PA", "PB"]
-
-[postoffices.PA]
-[postoffices.PB]
-
-[gateways.GW_A]
-postoffice = "PA"
-role = "send"
-smarthost = "127.0.0.1:1"
-serves = ["BRANCH", "PA", "PB"]
-
-[gateways.GW_B]
-postoffice = "PB"
-role = "send"
-smarthost = "127.0.0.1:2"
-serves = ["BRANCH", "PA", "PB"]
-
-[queue]
-lease = "120s"
-heartbeat = "1s"
-failover_after = "5s"
-"""
 A_OWNER, B_OWNER = "send:GW_A@host-a:1", "send:GW_B@host-b:1"
 
 

@@ -55,6 +55,7 @@ from gatepost.store import (
 from gatepost.store.postgres import THREADS, PgStore
 from gatepost.store.postgres_db import CHUNK, Q
 from pg import Cluster
+from support import faketime_library
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,23 +153,6 @@ def test_claim_renew_heartbeat_and_lead_are_on_the_database_clock(
             assert await store.alive(5.0) == {"gateway:GW1"}
 
     run(body)
-
-
-FAKETIME_LIBS = ("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-                 "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-                 "/usr/lib/faketime/libfaketime.so.1")
-
-
-def faketime_library() -> str:
-    """libfaketime, as tests/test_attempts_process.py finds it: skipped when it is
-    not installed, but a failure under CI=true."""
-    found = next((path for path in FAKETIME_LIBS if Path(path).exists()), None)
-    if found:
-        return found
-    reason = "libfaketime is not installed (apt-get install faketime)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 # The process under faketime: enqueue, claim, heartbeat; a line of JSON after each

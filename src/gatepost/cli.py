@@ -432,17 +432,20 @@ def one_line(text: str) -> str:
 @config_option
 def store_init_command(config: Path | None) -> None:
     """Create the schema of the topology's store (an empty file or database)."""
-    topo = topology(config)
-    before, version, _ = store_version(topo, migrate=False)
-    click.echo(f"network.store {topo.store}: {schema_change(before, version)}")
+    say_schema(config, migrate=False)
 
 
 @store_group.command("migrate")
 @config_option
 def store_migrate_command(config: Path | None) -> None:
     """Upgrade an older schema (stop the processes of an older gatepost first)."""
+    say_schema(config, migrate=True)
+
+
+def say_schema(config: Path | None, migrate: bool) -> None:
+    """Open the store (creating, or with `migrate` upgrading, its schema); say what changed."""
     topo = topology(config)
-    before, version, _ = store_version(topo, migrate=True)
+    before, version, _ = store_version(topo, migrate=migrate)
     click.echo(f"network.store {topo.store}: {schema_change(before, version)}")
 
 
