@@ -116,9 +116,11 @@ SELECT {job_columns} FROM jobs j JOIN messages m ON m.id = j.message_id
 WHERE j.queue = %s AND j.state = 'deferred' AND j.next_attempt <= %s
 ORDER BY j.next_attempt, j.created LIMIT %s FOR UPDATE OF j SKIP LOCKED
 
--- name: lease
-UPDATE jobs SET state = 'active', lease_owner = %s, lease_token = %s, lease_until = %s,
-updated = %s WHERE message_id = %s AND rcpt_id = %s
+-- name: lease_all
+-- A claim's jobs leased in one statement (sqlite.sql's lease, for many jobs).
+UPDATE jobs j SET state = 'active', lease_owner = %s, lease_token = %s, lease_until = %s,
+updated = %s FROM unnest(%s::text[], %s::integer[]) AS k(message_id, rcpt_id)
+WHERE j.message_id = k.message_id AND j.rcpt_id = k.rcpt_id
 
 -- name: expired_pending
 SELECT message_id, rcpt_id FROM jobs
@@ -227,9 +229,11 @@ SELECT seq, data FROM chunks WHERE message_id = %s AND seq >= %s ORDER BY seq LI
 INSERT INTO jobs (message_id, rcpt_id, address, mailbox, location, queue, state, created, updated)
 VALUES (%s, %s, %s, %s, %s, 'router', 'incoming', %s, %s)
 
--- name: insert_hop
+-- name: insert_hops
+-- A transaction's trace rows in one statement, one array per column.
 INSERT INTO hops (message_id, rcpt_id, address, at, event, postoffice, detail)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
+SELECT * FROM unnest(%s::text[], %s::integer[], %s::text[], %s::float8[], %s::text[],
+    %s::text[], %s::text[])
 
 -- name: insert_mailbox
 INSERT INTO mailbox (mailbox, message_id, delivered) VALUES (%s, %s, %s)

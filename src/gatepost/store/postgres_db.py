@@ -104,10 +104,16 @@ class PgDb(SqlDb):
 
     @contextmanager
     def _write(self, durable: bool = False) -> Iterator[Tx]:
-        with self._conn.pipeline(), self._conn.transaction():  # writes go without waiting
-            if durable:
-                self._cursor.execute("SET LOCAL synchronous_commit = on")
-            yield self._tx
+        try:
+            with self._conn.pipeline(), self._conn.transaction():  # writes go without waiting
+                if durable:
+                    self._cursor.execute("SET LOCAL synchronous_commit = on")
+                yield self._tx
+                hops = self._tx.take_hops()
+                if hops:
+                    self._tx.execute("insert_hops", [list(column) for column in zip(*hops)])
+        finally:
+            self._tx.take_hops()
 
     def _read(self) -> Tx:
         return self._tx
@@ -116,6 +122,10 @@ class PgDb(SqlDb):
         if not self._db_clock:
             return self.clock.lease()
         return float(tx.execute("lease_now").fetchone()[0])
+
+    def _lease(self, tx: Tx, keys: list[JobKey], lease: tuple[str, str, float, float]) -> None:
+        if keys:
+            tx.execute("lease_all", (*lease, [k[0] for k in keys], [k[1] for k in keys]))
 
     def _outcome_rows(self, tx: Tx, outcomes: Sequence[Outcome]) -> dict[JobKey, Row]:
         """One statement for all of them: the writes after it then go without waiting."""

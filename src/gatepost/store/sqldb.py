@@ -83,6 +83,16 @@ class Tx:
         self._execute = execute
         self._executemany = executemany
         self.q = q
+        self.hops: list[tuple[Any, ...]] = []  # trace rows, written together at the end
+
+    def hop(self, row: tuple[Any, ...]) -> None:
+        """A trace row (insert_hop's parameters), written by `take_hops`'s caller
+        before the commit: one statement for a transaction's trace."""
+        self.hops.append(row)
+
+    def take_hops(self) -> list[tuple[Any, ...]]:
+        rows, self.hops = self.hops, []
+        return rows
 
     def execute(self, name: str, params: Sequence[Any] = ()) -> Cursor:
         return cast(Cursor, self._execute(self.q[name], params))
@@ -148,6 +158,10 @@ class SqlDb:
     def _opened(self, row: Row) -> BinaryIO:
         """A content row (content_file, content, size, message id) to read."""
         raise NotImplementedError
+
+    def _lease(self, tx: Tx, keys: list[JobKey], lease: tuple[str, str, float, float]) -> None:
+        """Lease the jobs `keys` to (owner, token, until, now)."""
+        tx.executemany("lease", [(*lease, *key) for key in keys])
 
     def _outcome_rows(self, tx: Tx, outcomes: Sequence[Outcome]) -> dict[JobKey, Row]:
         """The rows outcomes apply to, read and locked at once where the backend
@@ -223,7 +237,7 @@ class SqlDb:
             deferred = tx.execute("claim_deferred", (queue, now, limit)).fetchall()
             rows = fair_pick(expired, incoming, deferred, limit)
             until = lease_now + lease
-            tx.executemany("lease", [(owner, token, until, now, r[0], r[1]) for r in rows])
+            self._lease(tx, [(r[0], r[1]) for r in rows], (owner, token, until, now))
         self._remove_files(files)
         rows.sort(key=lambda row: (row[9], row[0], row[1]))
         return [_job(row, owner, token) for row in rows]
@@ -494,7 +508,8 @@ def _insert_messages(
     if not once:
         tx.executemany("insert_message", message_rows)
     tx.executemany("insert_job", job_rows)
-    tx.executemany("insert_hop", hop_rows)
+    for hop in hop_rows:
+        tx.hop(hop)
     return ids
 
 
@@ -525,7 +540,7 @@ def _hop(
 ) -> None:
     """A trace row for the job (message_id, rcpt_id, address, location)."""
     message_id, rcpt_id, address, location = where
-    tx.execute("insert_hop", (message_id, rcpt_id, address, now, event, location, detail))
+    tx.hop((message_id, rcpt_id, address, now, event, location, detail))
 
 
 def _do(tx: Tx, action: str, key: JobKey, now: float) -> list[str]:

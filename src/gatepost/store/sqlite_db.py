@@ -59,8 +59,10 @@ class SqliteDb(SqlDb):
         begin(conn)
         try:
             yield self._tx
+            self._tx.executemany("insert_hop", self._tx.take_hops())
             conn.execute("COMMIT")
         except BaseException:
+            self._tx.take_hops()
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
