@@ -125,6 +125,17 @@ def test_a_purge_racing_an_admin_delete_leaves_no_orphaned_message(
 A_OWNER, B_OWNER = "send:GW_A@host-a:1", "send:GW_B@host-b:1"
 
 
+async def routed_to_primary(store: MemoryStore, router: Router) -> None:
+    """Both gateways running; one message from BRANCH routed to GW_A, the primary."""
+    await store.heartbeat("gateway:GW_A", A_OWNER)
+    await store.heartbeat("gateway:GW_B", B_OWNER)
+    await store.enqueue(NewMessage(
+        "ann@branch.fence.example", (NewRecipient("x@example.org", None),),
+        b"Subject: s\r\n\r\nb\r\n", "BRANCH", "BRANCH", "test"))
+    await router.failover()
+    await router.step()
+
+
 class LateReplies:
     """The store as a cut-off host sees it: each renewal reaches the database and
     is done at once, but its reply is held up in the network for `late` seconds
@@ -156,13 +167,7 @@ def test_a_renewal_answered_after_the_takeover_sends_no_dot(tmp_path: Path) -> N
     async def main() -> tuple[str | None, list[Job]]:
         store = MemoryStore(manual.clock(), tmp_path / "spool")
         router = Router(topo, store)
-        await store.heartbeat("gateway:GW_A", A_OWNER)
-        await store.heartbeat("gateway:GW_B", B_OWNER)
-        await store.enqueue(NewMessage(
-            "ann@branch.fence.example", (NewRecipient("x@example.org", None),),
-            b"Subject: s\r\n\r\nb\r\n", "BRANCH", "BRANCH", "test"))
-        await router.failover()
-        await router.step()  # to GW_A, the primary
+        await routed_to_primary(store, router)
         jobs = await store.claim(send_queue("GW_A"), A_OWNER, 10, 120.0)
         assert len(jobs) == 1
         net = LateReplies(store)
@@ -318,13 +323,7 @@ def test_failover_takes_nothing_a_gateway_claimed_after_its_heartbeat_came_back(
     async def main() -> Renewal:
         store = MemoryStore(manual.clock(), tmp_path / "spool")
         router = Router(topo, store)
-        await store.heartbeat("gateway:GW_A", A_OWNER)
-        await store.heartbeat("gateway:GW_B", B_OWNER)
-        await store.enqueue(NewMessage(
-            "ann@branch.fence.example", (NewRecipient("x@example.org", None),),
-            b"Subject: s\r\n\r\nb\r\n", "BRANCH", "BRANCH", "test"))
-        await router.failover()
-        await router.step()  # to GW_A, the primary
+        await routed_to_primary(store, router)
         manual.step(lease=6.0)  # GW_A was cut off for 6 s ...
         await store.heartbeat("gateway:GW_B", B_OWNER)
         claimed: list[Job] = []
