@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -46,6 +47,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 MAX_BATCH = 256
 RETRIES = 5  # runs of a transaction the database rolled back on its own
+READ_PAUSE = 0.2  # seconds before a read runs again on a new connection, times the try
 
 
 class Gathered(Generic[T, R]):
@@ -140,26 +142,33 @@ class ThreadedStore:
             with contextlib.suppress(Exception):
                 db.close()
 
-    def _run(self, work: Callable[[SqlDb], T]) -> T:
+    def _run(self, work: Callable[[SqlDb], T], read: bool = False) -> T:
         """`work` on this thread's connection. A transaction the database rolled
         back on its own (a deadlock) is run again; a connection that failed is
-        closed, and the error raised (a commit may or may not have happened)."""
+        closed, and the error raised (a commit may or may not have happened),
+        except for a `read`, which is run again on a new connection, a moment
+        later (a database restarting is back within seconds)."""
         for tries in range(1, RETRIES + 1):
-            db = self._on_worker()
+            db: SqlDb | None = None
             try:
+                db = self._on_worker()
                 return work(db)
             except Exception as error:
-                if db.broken(error):
+                broken = db is None or db.broken(error)  # None: it could not connect
+                if db is not None and broken:
                     self._forget_db()
-                if not db.transient(error) or tries == RETRIES:
+                again = (db is not None and db.transient(error)) or (read and broken)
+                if not again or tries == RETRIES:
                     raise
+                if read and broken:
+                    time.sleep(READ_PAUSE * tries)
         raise AssertionError("unreachable")
 
-    def _call(self, work: Callable[[SqlDb], T]) -> asyncio.Future[T]:
+    def _call(self, work: Callable[[SqlDb], T], read: bool = False) -> asyncio.Future[T]:
         if self._closed:
             raise RuntimeError("the store is closed")
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, self._run, work)
+        return loop.run_in_executor(self._executor, self._run, work, read)
 
     # -- intake -----------------------------------------------------------------
 
@@ -197,13 +206,13 @@ class ThreadedStore:
         return ids
 
     async def content(self, message_id: str) -> bytes:
-        return await self._call(lambda db: db.content(message_id))
+        return await self._call(lambda db: db.content(message_id), read=True)
 
     async def content_head(self, message_id: str) -> bytes:
-        return await self._call(lambda db: read_head(db.open_content(message_id)))
+        return await self._call(lambda db: read_head(db.open_content(message_id)), read=True)
 
     async def open_content(self, message_id: str) -> BinaryIO:
-        return await self._call(lambda db: db.open_content(message_id))
+        return await self._call(lambda db: db.open_content(message_id), read=True)
 
     async def lead(self, duty: str, owner: str, term: float) -> bool:
         return await self._call(lambda db: db.lead(duty, owner, term))
@@ -251,10 +260,10 @@ class ThreadedStore:
         return await self._call(lambda db: db.mailbox(mailbox))
 
     async def mailbox_content(self, mailbox: str, entry_id: int) -> bytes | None:
-        return await self._call(lambda db: db.mailbox_content(mailbox, entry_id))
+        return await self._call(lambda db: db.mailbox_content(mailbox, entry_id), read=True)
 
     async def open_mailbox_content(self, mailbox: str, entry_id: int) -> BinaryIO | None:
-        return await self._call(lambda db: db.open_mailbox_content(mailbox, entry_id))
+        return await self._call(lambda db: db.open_mailbox_content(mailbox, entry_id), read=True)
 
     # -- admin ------------------------------------------------------------------
 
