@@ -26,8 +26,7 @@ import psycopg
 from . import postgres_db, schema, spool
 from .clock import boot_id
 from .connect import begin, connect
-from .sqldb import Tx
-from .sqlite_db import StoreBehind
+from .sqldb import StoreBehind, Tx
 
 FRESH = 30.0  # seconds of the lease clock: a heartbeat this recent means the network runs
 ERRORS = (psycopg.Error, sqlite3.Error, OSError)  # what else a copy or a probe may raise

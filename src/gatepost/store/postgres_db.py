@@ -36,7 +36,7 @@ from psycopg import errors
 from . import queries, spool
 from .base import Job, JobKey, NewMessage, Outcome, Renewal
 from .clock import Clock
-from .sqldb import DamagedMessage, Row, SqlDb, Tx
+from .sqldb import DamagedMessage, Row, SqlDb, StoreBehind, Tx
 
 Q = queries.load("postgres.sql")
 VERSION = 1  # the schema this code writes (postgres.sql: schema_1 ...)
@@ -215,8 +215,6 @@ class PgDb(SqlDb):
 def prepare(tx: Tx, conn: psycopg.Connection[Any], migrate: bool) -> None:
     """Create the schema in an empty database; refuse (StoreBehind) an older one
     unless `migrate`, and one newer than this code."""
-    from .sqlite_db import StoreBehind
-
     if tx.execute("has_schema").fetchone()[0] and _version(tx) == VERSION:
         return
     with conn.transaction():
@@ -225,8 +223,7 @@ def prepare(tx: Tx, conn: psycopg.Connection[Any], migrate: bool) -> None:
         if found > VERSION:
             raise RuntimeError(f"store schema version {found} is newer than this code ({VERSION})")
         if 0 < found < VERSION and not migrate:
-            raise StoreBehind(f"store schema {found} is older than this gatepost's "
-                              f"({VERSION}); `gatepost run` upgrades it")
+            raise StoreBehind.older(found, VERSION)
         for version in range(found, VERSION):
             tx.execute(f"schema_{version + 1}")
 

@@ -122,6 +122,15 @@ class Complete:
     warnings: Sequence[tuple[str, NewMessage]] = ()
 
 
+class StoreBehind(Exception):
+    """The store's schema is older than this code, and this opener may not upgrade it."""
+
+    @classmethod
+    def older(cls, found: int, version: int) -> StoreBehind:
+        return cls(f"store schema {found} is older than this gatepost's ({version}); "
+                   "`gatepost run` upgrades it")
+
+
 class DamagedMessage(Exception):
     """A message's content is not what was stored: it must not go out in part."""
 

@@ -33,7 +33,7 @@ from . import queries, schema, spool
 from .base import NewMessage
 from .clock import Clock, boot_id
 from .connect import begin, opened
-from .sqldb import Complete, DamagedMessage, Renew, Row, SqlDb, Tx, fair_pick
+from .sqldb import Complete, DamagedMessage, Renew, Row, SqlDb, StoreBehind, Tx, fair_pick
 
 __all__ = ["Complete", "DamagedMessage", "Renew", "SqliteDb", "StoreBehind", "fair_pick"]
 
@@ -121,10 +121,6 @@ class SqliteDb(SqlDb):
         self._conn.close()
 
 
-class StoreBehind(Exception):
-    """The store's schema is older than this code, and this opener may not upgrade it."""
-
-
 def prepare(conn: sqlite3.Connection, migrate: bool = True) -> None:
     """Check (and, when `migrate`, upgrade) the schema; after a reboot, end the
     last boot's leases. Only a known boot id, different from the stored one,
@@ -132,8 +128,7 @@ def prepare(conn: sqlite3.Connection, migrate: bool = True) -> None:
     found = schema.version(conn)
     if 0 < found < schema.VERSION:
         if not migrate:
-            raise StoreBehind(f"store schema {found} is older than this gatepost's "
-                              f"({schema.VERSION}); `gatepost run` upgrades it")
+            raise StoreBehind.older(found, schema.VERSION)
         _refuse_while_old_processes_run(conn, found)
     schema.migrate(conn)
     this_boot = boot_id()
